@@ -1,0 +1,61 @@
+"""The exceptions ssebus raises.
+
+SseBusError
+ ├── InvalidEventError        a ServerSentEvent field cannot be put on the wire
+ ├── SerializationError       a payload cannot be turned into event data
+ ├── ConfigurationError       a constructor argument is out of range
+ ├── ClosedError              the broadcaster or bus is not running
+ └── BusUnavailableError      the bus backend (e.g. Redis) cannot take the event now
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SseBusError",
+    "InvalidEventError",
+    "SerializationError",
+    "ConfigurationError",
+    "ClosedError",
+    "BusUnavailableError",
+]
+
+
+class SseBusError(Exception):
+    """Base class of every error ssebus raises on purpose."""
+
+
+class InvalidEventError(SseBusError, ValueError):
+    """A field of an event cannot be encoded as Server-Sent Events.
+
+    ``field`` names the field, ``value`` is what was given and the message says why.
+    """
+
+    def __init__(self, field: str, value: object, problem: str) -> None:
+        self.field = field
+        self.value = value
+        self.problem = problem
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        super().__init__(f"invalid {field!s} {shown}: {problem}")
+
+
+class SerializationError(SseBusError, ValueError):
+    """A payload could not be serialized to the event's data."""
+
+
+class ConfigurationError(SseBusError, ValueError):
+    """A setting is outside what ssebus can work with; the message names it."""
+
+    def __init__(self, setting: str, value: object, problem: str) -> None:
+        self.setting = setting
+        self.value = value
+        super().__init__(f"invalid {setting}={value!r}: {problem}")
+
+
+class ClosedError(SseBusError, RuntimeError):
+    """The component was used before it started or after it was closed."""
+
+
+class BusUnavailableError(SseBusError, ConnectionError):
+    """The event bus backend is unreachable, so the event was not published."""
