@@ -1,5 +1,12 @@
-"""ssebus: broadcast domain events to every connected client as Server-Sent Events."""
+"""ssebus: broadcast domain events to every connected client as Server-Sent Events.
 
+The flow: domain code -> ``IEventBus.publish`` -> ``Broadcaster`` (map, id, encode once) ->
+history and each connection's bounded queue -> writer -> the client.
+"""
+
+from ._broadcaster import Broadcaster
+from ._bus import InMemoryEventBus
+from ._connection import SseConnection
 from ._encoder import StandardFrameEncoder, encode_comment, encode_event
 from ._event import JsonDumps, ServerSentEvent, compact_json
 from ._exceptions import (
@@ -10,17 +17,52 @@ from ._exceptions import (
     SerializationError,
     SseBusError,
 )
+from ._frame import Frame
+from ._history import InMemoryHistory
+from ._ids import SequentialIdGenerator
+from ._mapping import EventMap, Route
+from ._metrics import MetricsHook, MetricsSnapshot
+from ._protocols import (
+    EventHistory,
+    EventIdGenerator,
+    FrameEncoder,
+    Handler,
+    IEventBus,
+    ISseClientRegistry,
+    SseBroadcaster,
+    Unsubscribe,
+)
+from ._registry import InMemoryClientRegistry
 
 __all__ = [
+    "Broadcaster",
     "BusUnavailableError",
     "ClosedError",
     "ConfigurationError",
+    "EventHistory",
+    "EventIdGenerator",
+    "EventMap",
+    "Frame",
+    "FrameEncoder",
+    "Handler",
+    "IEventBus",
+    "ISseClientRegistry",
+    "InMemoryClientRegistry",
+    "InMemoryEventBus",
+    "InMemoryHistory",
     "InvalidEventError",
     "JsonDumps",
+    "MetricsHook",
+    "MetricsSnapshot",
+    "Route",
+    "SequentialIdGenerator",
     "SerializationError",
     "ServerSentEvent",
+    "SseBroadcaster",
     "SseBusError",
+    "SseConnection",
     "StandardFrameEncoder",
+    "Unsubscribe",
     "compact_json",
     "encode_comment",
     "encode_event",

@@ -103,12 +103,7 @@ class ServerSentEvent:
                     "comment", self.comment, f"must be str, not {type(self.comment).__name__}"
                 )
             _check_utf8("comment", self.comment)
-        if (
-            self.data is None
-            and self.id is None
-            and self.retry is None
-            and self.comment is None
-        ):
+        if self.data is None and self.id is None and self.retry is None and self.comment is None:
             raise InvalidEventError(
                 "data", None, "an event needs at least one of data, id, retry or comment"
             )

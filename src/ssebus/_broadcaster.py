@@ -1,0 +1,323 @@
+"""``Broadcaster``: domain events in, one encoded frame out to every live connection."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from types import TracebackType
+from typing import Literal
+
+import anyio
+from typing_extensions import Self
+
+from ._connection import SseConnection
+from ._encoder import StandardFrameEncoder
+from ._event import JsonDumps, ServerSentEvent, compact_json
+from ._exceptions import ClosedError, ConfigurationError, SseBusError
+from ._frame import Frame
+from ._history import InMemoryHistory
+from ._ids import SequentialIdGenerator
+from ._mapping import EventMap
+from ._metrics import Metrics, MetricsHook, MetricsSnapshot
+from ._protocols import (
+    EventHistory,
+    EventIdGenerator,
+    FrameEncoder,
+    IEventBus,
+    ISseClientRegistry,
+    Unsubscribe,
+)
+from ._registry import InMemoryClientRegistry
+
+__all__ = ["Broadcaster"]
+
+logger = logging.getLogger("ssebus")
+
+HeartbeatStyle = Literal["comment", "event"]
+
+
+class Broadcaster:
+    """Subscribes to ``bus``, turns each mapped domain event into one frame, and queues the
+    same bytes on every connection. Use it as an async context manager: it owns the
+    heartbeat task, and on exit closes every connection and leaves no task behind.
+
+    * ``events`` says which domain events are broadcast, under which name and payload.
+    * ``history`` keeps recent frames for resume (default: the last 1,000 in memory).
+    * ``heartbeat`` is the ping interval in seconds (None: off). The default ``"comment"``
+      style sends ``: ping``, which every client ignores and which never touches the last
+      event id; ``"event"`` sends ``event: ping`` carrying the id of the newest event, as
+      the original design does, so resuming after it still replays from the right place.
+    * ``max_queue`` frames may wait per connection; a client further behind is evicted and
+      resumes from history when it reconnects. ``write_timeout`` bounds one write.
+    * On shutdown each connection gets a final ``retry:`` drawn from ``reconnect_jitter``
+      (milliseconds, low and high) so clients do not all come back at once.
+    """
+
+    def __init__(
+        self,
+        bus: IEventBus,
+        events: EventMap,
+        *,
+        registry: ISseClientRegistry | None = None,
+        encoder: FrameEncoder | None = None,
+        ids: EventIdGenerator | None = None,
+        history: EventHistory | None = None,
+        dumps: JsonDumps = compact_json,
+        heartbeat: float | None = 15.0,
+        heartbeat_style: HeartbeatStyle = "comment",
+        max_queue: int = 1024,
+        write_timeout: float | None = 10.0,
+        shutdown_timeout: float = 5.0,
+        reconnect_jitter: tuple[int, int] = (1000, 5000),
+        metrics_hook: MetricsHook | None = None,
+    ) -> None:
+        if heartbeat is not None and not heartbeat > 0:
+            raise ConfigurationError("heartbeat", heartbeat, "must be > 0 seconds, or None")
+        if heartbeat_style not in ("comment", "event"):
+            raise ConfigurationError("heartbeat_style", heartbeat_style, "is comment or event")
+        if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
+            raise ConfigurationError("max_queue", max_queue, "must be an int >= 1")
+        if write_timeout is not None and not write_timeout > 0:
+            raise ConfigurationError("write_timeout", write_timeout, "must be > 0, or None")
+        low, high = reconnect_jitter
+        if not 0 <= low <= high:
+            raise ConfigurationError("reconnect_jitter", reconnect_jitter, "needs 0 <= low <= high")
+        self.bus = bus
+        self.events = events
+        self.registry: ISseClientRegistry = registry or InMemoryClientRegistry()
+        self.encoder: FrameEncoder = encoder or StandardFrameEncoder()
+        self.ids: EventIdGenerator = ids or SequentialIdGenerator()
+        self.history: EventHistory = history if history is not None else InMemoryHistory()
+        self.dumps = dumps
+        self.heartbeat = heartbeat
+        self.heartbeat_style = heartbeat_style
+        self.max_queue = max_queue
+        self.write_timeout = write_timeout
+        self.shutdown_timeout = shutdown_timeout
+        self.reconnect_jitter = reconnect_jitter
+        self._metrics = Metrics(metrics_hook)
+        self._connection_ids = itertools.count(1)
+        self._last_id: str | None = None
+        self._state: Literal["new", "running", "closing", "closed"] = "new"
+        self._stack = AsyncExitStack()
+        self._unsubscribe: Unsubscribe | None = None
+        self._drained = anyio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._state != "new":
+            raise ClosedError("a Broadcaster can be started once")
+        tasks = await self._stack.enter_async_context(anyio.create_task_group())
+        self._stack.callback(tasks.cancel_scope.cancel)
+        # The origin anchors resume: a client that connected before any event can still
+        # replay from it, and a reset always has an id to move the client to.
+        origin = self.ids.next_id()
+        self.history.append(Frame(origin, None, b""))
+        self._last_id = origin
+        self._unsubscribe = self.bus.subscribe(object, self.handle)
+        self._state = "running"
+        if self.heartbeat is not None:
+            tasks.start_soon(self._heartbeat_loop, self.heartbeat)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop taking events, say goodbye to every connection and wait for them to end.
+
+        Each stream gets its final frame (a jittered ``retry:``) and the frames queued
+        before it; connections still open after ``shutdown_timeout`` seconds are aborted.
+        """
+        if self._state in ("closing", "closed"):
+            return
+        self._state = "closing"
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        with anyio.CancelScope(shield=True):
+            for connection in self.registry.snapshot():
+                connection.close("server shutting down", final=self._goodbye())
+            if len(self.registry):
+                with anyio.move_on_after(self.shutdown_timeout):
+                    await self._drained.wait()
+            for connection in self.registry.snapshot():
+                connection.abort("server shut down before the stream ended")
+                self.registry.remove(connection.id)
+        await self._stack.aclose()
+        self._state = "closed"
+
+    # -- publishing ------------------------------------------------------------------------
+
+    async def handle(self, event: object) -> None:
+        """The bus handler: broadcast ``event`` if the event map has a route for it."""
+        self.publish(event)
+
+    def publish(self, event: object) -> Frame | None:
+        """Broadcast a domain event now; return its frame, or None if it was not sent.
+
+        An unmapped event is skipped (logged at debug level). A payload function that
+        raises, or a payload that cannot be encoded, is logged with the event type and
+        drops only this event.
+        """
+        if self._state != "running":
+            raise ClosedError("the broadcaster is not running; use 'async with Broadcaster(...)'")
+        route = self.events.route(event)
+        if route is None:
+            logger.debug("no SSE route for %s; not broadcast", type(event).__name__)
+            return None
+        try:
+            payload = route.payload(event)
+            message = ServerSentEvent.json(
+                payload, event=route.name, id=self.ids.next_id(), dumps=self.dumps
+            )
+            data = self.encoder.encode(message)
+        except (SseBusError, Exception):
+            self._metrics.events_dropped += 1
+            self._metrics.emit("events_dropped", 1)
+            logger.exception(
+                "dropped %s: cannot build its %r event", type(event).__name__, route.name
+            )
+            return None
+        frame = Frame(message.id, route.name, data)
+        self._fan_out(frame)
+        return frame
+
+    def broadcast(self, message: ServerSentEvent) -> Frame:
+        """Broadcast a ready-made event (given an id if it has none), bypassing the map."""
+        if self._state != "running":
+            raise ClosedError("the broadcaster is not running; use 'async with Broadcaster(...)'")
+        if message.id is None:
+            message = ServerSentEvent(
+                data=message.data,
+                event=message.event,
+                id=self.ids.next_id(),
+                retry=message.retry,
+                comment=message.comment,
+            )
+        frame = Frame(message.id, message.event, self.encoder.encode(message))
+        self._fan_out(frame)
+        return frame
+
+    def _fan_out(self, frame: Frame) -> None:
+        started = time.perf_counter()
+        if frame.id is not None:
+            self.history.append(frame)
+            self._last_id = frame.id
+        for connection in self.registry.snapshot():
+            if not connection.offer(frame):
+                self._evict(connection)
+        self._metrics.events_published += 1
+        self._metrics.emit("events_published", 1)
+        self._metrics.observe_broadcast(time.perf_counter() - started)
+
+    def _evict(self, connection: SseConnection) -> None:
+        connection.abort(f"evicted: more than {self.max_queue} frames queued")
+        self.registry.remove(connection.id)
+        self._metrics.evictions += 1
+        self._metrics.emit("evictions", 1)
+        logger.warning("connection %s evicted: client too slow", connection.id)
+
+    async def _heartbeat_loop(self, interval: float) -> None:
+        while True:
+            await anyio.sleep(interval)
+            if self.heartbeat_style == "event":
+                ping = ServerSentEvent(data="", event="ping", id=self._last_id)
+            else:
+                ping = ServerSentEvent(comment="ping")
+            frame = Frame(None, ping.event, self.encoder.encode(ping))
+            for connection in self.registry.snapshot():
+                if not connection.offer(frame):
+                    self._evict(connection)
+
+    # -- connections -----------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def connect(
+        self,
+        *,
+        last_event_id: str | None = None,
+        retry: int | None = None,
+        connection_id: str | None = None,
+    ) -> AsyncIterator[SseConnection]:
+        """Register a connection; on exit it is closed and removed.
+
+        The stream starts with ``retry:`` (if given), then, when ``last_event_id`` is
+        given, every frame after it from history - or, when history does not cover it, a
+        ``reset`` event (data ``{"lastEventId": ..., "reason": "not-in-history"}``) telling
+        the client to reload its state - then live frames, with no gap and no duplicate.
+        """
+        if self._state != "running":
+            raise ClosedError("the broadcaster is not running; no new connections")
+        connection = SseConnection(
+            connection_id or f"conn-{next(self._connection_ids)}",
+            max_queue=self.max_queue,
+            write_timeout=self.write_timeout,
+            metrics=self._metrics,
+        )
+        self.registry.add(connection)
+        anchor = self._last_id
+        self._metrics.connections_opened += 1
+        self._metrics.emit("connections_opened", 1)
+        try:
+            prelude: list[bytes] = []
+            if retry is not None:
+                prelude.append(self.encoder.encode(ServerSentEvent(retry=retry)))
+            replayed: set[str | None] = set()
+            if last_event_id:
+                missed = await self.history.since(last_event_id)
+                if missed is None:
+                    prelude.append(self._reset(last_event_id, anchor))
+                else:
+                    prelude.extend(frame.data for frame in missed)
+                    replayed = {frame.id for frame in missed}
+            connection.release(b"".join(prelude), len(prelude) - (retry is not None), replayed)
+            if self._state != "running":
+                connection.close("server shutting down", final=self._goodbye())
+            logger.debug("connection %s opened (last event id %r)", connection.id, last_event_id)
+            yield connection
+        finally:
+            connection.close("stream ended")
+            self.registry.remove(connection.id)
+            self._metrics.emit("connections_closed", 1)
+            reason = connection.close_reason or "stream ended"
+            level = logging.WARNING if reason.startswith("write") else logging.INFO
+            logger.log(level, "connection %s closed: %s", connection.id, reason)
+            if self._closing() and not len(self.registry):
+                self._drained.set()
+
+    def _closing(self) -> bool:
+        return self._state == "closing"
+
+    def metrics(self) -> MetricsSnapshot:
+        """The broadcaster's metrics now."""
+        return self._metrics.snapshot(len(self.registry))
+
+    @property
+    def last_event_id(self) -> str | None:
+        """The id of the newest frame broadcast (or of the origin, before any)."""
+        return self._last_id
+
+    def _reset(self, last_event_id: str, anchor: str | None) -> bytes:
+        return self.encoder.encode(
+            ServerSentEvent.json(
+                {"lastEventId": last_event_id, "reason": "not-in-history"},
+                event="reset",
+                id=anchor or "",
+            )
+        )
+
+    def _goodbye(self) -> bytes:
+        low, high = self.reconnect_jitter
+        return self.encoder.encode(
+            ServerSentEvent(comment="server shutting down", retry=random.randint(low, high))
+        )

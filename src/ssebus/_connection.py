@@ -1,0 +1,153 @@
+"""``SseConnection``: one client's bounded outgoing queue and the writer that drains it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Collection
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._frame import Frame
+from ._metrics import Metrics
+
+__all__ = ["SseConnection", "Write"]
+
+logger = logging.getLogger("ssebus")
+
+#: Writes bytes to the client (e.g. one ASGI ``http.response.body`` message).
+Write = Callable[[bytes], Awaitable[None]]
+
+
+class SseConnection:
+    """A client's stream: the broadcaster ``offer``s frames, :meth:`run` writes them out.
+
+    The queue holds at most ``max_queue`` frames. The broadcaster never waits on it: a full
+    queue means the client is not keeping up, and the connection is closed (evicted) so it
+    reconnects and resumes from history instead of growing memory or slowing others down.
+    Frames queued while the writer was busy are written together in one ``write``.
+    """
+
+    def __init__(
+        self,
+        connection_id: str,
+        *,
+        max_queue: int,
+        write_timeout: float | None,
+        metrics: Metrics,
+    ) -> None:
+        self.id = connection_id
+        self.write_timeout = write_timeout
+        #: Why the connection closed, once it has (``"client disconnected"``, ...).
+        self.close_reason: str | None = None
+        self._max_queue = max_queue
+        self._metrics = metrics
+        self._sender: MemoryObjectSendStream[bytes]
+        self._receiver: MemoryObjectReceiveStream[bytes]
+        self._sender, self._receiver = anyio.create_memory_object_stream[bytes](max_queue)
+        self._held: list[Frame] | None = []
+        self._prelude = b""
+        self._prelude_frames = 0
+        self._scope: anyio.CancelScope | None = None
+        self._aborted = False
+
+    def __repr__(self) -> str:
+        state = f"closed: {self.close_reason}" if self.close_reason else "open"
+        return f"<SseConnection {self.id} {state}>"
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection was closed for any reason."""
+        return self.close_reason is not None
+
+    def offer(self, frame: Frame) -> bool:
+        """Queue ``frame`` without waiting; False when the queue is full (the client lags)."""
+        if self.close_reason is not None:
+            return True
+        if self._held is not None:
+            self._held.append(frame)
+            return len(self._held) <= self._max_queue
+        try:
+            self._sender.send_nowait(frame.data)
+        except anyio.WouldBlock:
+            return False
+        return True
+
+    def release(
+        self, prelude: bytes, frames: int = 0, replayed: Collection[str | None] = ()
+    ) -> None:
+        """Start live delivery: ``prelude`` first, then frames held since registration.
+
+        Held frames whose id is in ``replayed`` were already part of the replay and are
+        skipped, so the hand-over from history to live has neither gap nor duplicate.
+        """
+        held, self._held = self._held or [], None
+        fresh = [f.data for f in held if f.id not in replayed]
+        self._prelude = prelude + b"".join(fresh)
+        self._prelude_frames = frames + len(fresh)
+
+    def close(self, reason: str, *, final: bytes = b"") -> None:
+        """Close the stream gracefully: queued frames, then ``final``, are still written."""
+        if self.close_reason is not None:
+            return
+        self.close_reason = reason
+        if final:
+            try:
+                self._sender.send_nowait(final)
+            except anyio.WouldBlock:
+                self.abort(reason)
+        self._sender.close()
+
+    def abort(self, reason: str) -> None:
+        """Close the stream now: nothing more is written, a write in progress is cancelled."""
+        if self.close_reason is None:
+            self.close_reason = reason
+        self._sender.close()
+        self._aborted = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def run(self, write: Write) -> None:
+        """Write the prelude and then every queued frame until the connection closes.
+
+        A write that raises or outlasts ``write_timeout`` closes the connection; so does
+        :meth:`close`. Returns once nothing more will be written; never raises for a
+        client's failure.
+        """
+        with anyio.CancelScope() as self._scope:
+            if self._aborted:
+                return
+            if self._prelude:
+                prelude, self._prelude = self._prelude, b""
+                if not await self._write(write, prelude, frames=self._prelude_frames):
+                    return
+            async for first in self._receiver:
+                batch = [first]
+                while True:
+                    try:
+                        batch.append(self._receiver.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                data = first if len(batch) == 1 else b"".join(batch)
+                if not await self._write(write, data, frames=len(batch)):
+                    return
+
+    async def _write(self, write: Write, data: bytes, *, frames: int) -> bool:
+        try:
+            with anyio.fail_after(self.write_timeout):
+                await write(data)
+        except TimeoutError:
+            self._write_failed(f"write timed out after {self.write_timeout} s")
+            return False
+        except Exception as exc:
+            self._write_failed(f"write failed: {exc!r}")
+            return False
+        if frames:
+            self._metrics.frames_sent += frames
+            self._metrics.emit("frames_sent", frames)
+        return True
+
+    def _write_failed(self, reason: str) -> None:
+        self._metrics.write_errors += 1
+        self._metrics.emit("write_errors", 1)
+        self.abort(reason)
