@@ -4,6 +4,7 @@ The flow: domain code -> ``IEventBus.publish`` -> ``Broadcaster`` (map, id, enco
 history and each connection's bounded queue -> writer -> the client.
 """
 
+from ._asgi import Authorize, Refusal, SseEndpoint
 from ._broadcaster import Broadcaster
 from ._bus import InMemoryEventBus
 from ._connection import SseConnection
@@ -35,6 +36,9 @@ from ._protocols import (
 from ._registry import InMemoryClientRegistry
 
 __all__ = [
+    "Authorize",
+    "Refusal",
+    "SseEndpoint",
     "Broadcaster",
     "BusUnavailableError",
     "ClosedError",

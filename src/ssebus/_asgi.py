@@ -1,0 +1,182 @@
+"""``SseEndpoint``: a plain ASGI app that streams a broadcaster to one client per request."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+import anyio
+
+from ._exceptions import ClosedError, ConfigurationError
+from ._protocols import SseBroadcaster
+from ._types import Message, Receive, Scope, Send
+
+__all__ = ["Authorize", "Refusal", "SseEndpoint"]
+
+logger = logging.getLogger("ssebus")
+
+SSE_HEADERS: list[tuple[bytes, bytes]] = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-store"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """An authorization hook's "no": the HTTP status and a short reason for the body."""
+
+    status: int = 403
+    reason: str = "Forbidden"
+
+
+#: Sees the request's ASGI scope; returns None to accept it or a Refusal.
+Authorize = Callable[[Scope], Awaitable[Refusal | None]]
+
+
+class SseEndpoint:
+    """Serves ``broadcaster`` as ``text/event-stream``; mount it on any ASGI router.
+
+    Each GET registers a connection that resumes from ``Last-Event-ID`` (the header, or the
+    ``last_event_id_param`` query parameter for clients that cannot set headers), starts
+    with ``retry:`` and then streams live frames until the client goes away, a write fails,
+    or the broadcaster shuts down. HEAD answers the headers only; other methods get 405.
+    Run as the top-level app it also handles ASGI lifespan, starting and closing the
+    broadcaster with the server.
+    """
+
+    def __init__(
+        self,
+        broadcaster: SseBroadcaster,
+        *,
+        retry: int | None = 3000,
+        authorize: Authorize | None = None,
+        last_event_id_param: str | None = "lastEventId",
+        shutdown_grace: float = 1.0,
+    ) -> None:
+        if retry is not None and (
+            isinstance(retry, bool) or not isinstance(retry, int) or retry < 0
+        ):
+            raise ConfigurationError("retry", retry, "must be a non-negative int of ms, or None")
+        self.broadcaster = broadcaster
+        self.retry = retry
+        self.authorize = authorize
+        self.last_event_id_param = last_event_id_param
+        self.shutdown_grace = shutdown_grace
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            raise ConfigurationError("scope type", scope["type"], "SseEndpoint serves HTTP only")
+        method = scope["method"]
+        if method not in ("GET", "HEAD"):
+            await _respond(send, 405, "Method Not Allowed", [(b"allow", b"GET, HEAD")])
+            return
+        if self.authorize is not None:
+            try:
+                refusal = await self.authorize(scope)
+            except Exception:
+                logger.exception("authorize hook failed; refusing the request")
+                refusal = Refusal(500, "Internal Server Error")
+            if refusal is not None:
+                await _respond(send, refusal.status, refusal.reason)
+                return
+        if method == "HEAD":
+            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        try:
+            connect = self.broadcaster.connect(
+                last_event_id=self._last_event_id(scope), retry=self.retry
+            )
+            await self._stream(connect, receive, send)
+        except ClosedError:
+            await _respond(send, 503, "Service Unavailable", [(b"retry-after", b"5")])
+
+    async def _stream(
+        self, connect: AbstractAsyncContextManager[Any], receive: Receive, send: Send
+    ) -> None:
+        async with connect as connection:
+
+            async def write(data: bytes) -> None:
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+
+            async def watch_disconnect() -> None:
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        connection.abort("client disconnected")
+                        return
+
+            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            try:
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(watch_disconnect)
+                    await connection.run(write)
+                    tasks.cancel_scope.cancel()
+            finally:
+                # Also when the server cancels us at shutdown: end the body properly.
+                with anyio.move_on_after(self.shutdown_grace, shield=True):
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _last_event_id(self, scope: Scope) -> str | None:
+        for name, value in scope.get("headers", ()):
+            if name == b"last-event-id":
+                return bytes(value).decode("utf-8", errors="replace")
+        if self.last_event_id_param and scope.get("query_string"):
+            query = parse_qs(bytes(scope["query_string"]).decode("latin-1"))
+            values = query.get(self.last_event_id_param)
+            if values:
+                return values[-1]
+        return None
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        manager = self.broadcaster
+        if not isinstance(manager, AbstractAsyncContextManager):
+            await _lifespan_passthrough(receive, send)
+            return
+        message = await receive()
+        assert message["type"] == "lifespan.startup"
+        try:
+            await manager.__aenter__()
+        except Exception as exc:
+            await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+            return
+        await send({"type": "lifespan.startup.complete"})
+        message = await receive()
+        await manager.__aexit__(None, None, None)
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+async def _lifespan_passthrough(receive: Receive, send: Send) -> None:
+    while True:
+        message: Message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _respond(
+    send: Send, status: int, text: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    body = text.encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
