@@ -106,6 +106,7 @@ class Broadcaster:
         self._stack = AsyncExitStack()
         self._unsubscribe: Unsubscribe | None = None
         self._drained = anyio.Event()
+        self._heartbeat_scope: anyio.CancelScope | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -113,7 +114,6 @@ class Broadcaster:
         if self._state != "new":
             raise ClosedError("a Broadcaster can be started once")
         tasks = await self._stack.enter_async_context(anyio.create_task_group())
-        self._stack.callback(tasks.cancel_scope.cancel)
         # The origin anchors resume: a client that connected before any event can still
         # replay from it, and a reset always has an id to move the client to.
         origin = self.ids.next_id()
@@ -132,18 +132,23 @@ class Broadcaster:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+        await self._stack.aclose()
+        self._state = "closed"
 
     async def aclose(self) -> None:
         """Stop taking events, say goodbye to every connection and wait for them to end.
 
-        Each stream gets its final frame (a jittered ``retry:``) and the frames queued
-        before it; connections still open after ``shutdown_timeout`` seconds are aborted.
+        Each stream gets the frames already queued and then a final jittered ``retry:``;
+        connections still open after ``shutdown_timeout`` seconds are aborted. Safe to call
+        from any task (e.g. a signal watcher), and more than once.
         """
-        if self._state in ("closing", "closed"):
+        if self._state != "running":
             return
         self._state = "closing"
         if self._unsubscribe is not None:
             self._unsubscribe()
+        if self._heartbeat_scope is not None:
+            self._heartbeat_scope.cancel()
         with anyio.CancelScope(shield=True):
             for connection in self.registry.snapshot():
                 connection.close("server shutting down", final=self._goodbye())
@@ -153,8 +158,6 @@ class Broadcaster:
             for connection in self.registry.snapshot():
                 connection.abort("server shut down before the stream ended")
                 self.registry.remove(connection.id)
-        await self._stack.aclose()
-        self._state = "closed"
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -228,16 +231,17 @@ class Broadcaster:
         logger.warning("connection %s evicted: client too slow", connection.id)
 
     async def _heartbeat_loop(self, interval: float) -> None:
-        while True:
-            await anyio.sleep(interval)
-            if self.heartbeat_style == "event":
-                ping = ServerSentEvent(data="", event="ping", id=self._last_id)
-            else:
-                ping = ServerSentEvent(comment="ping")
-            frame = Frame(None, ping.event, self.encoder.encode(ping))
-            for connection in self.registry.snapshot():
-                if not connection.offer(frame):
-                    self._evict(connection)
+        with anyio.CancelScope() as self._heartbeat_scope:
+            while True:
+                await anyio.sleep(interval)
+                if self.heartbeat_style == "event":
+                    ping = ServerSentEvent(data="", event="ping", id=self._last_id)
+                else:
+                    ping = ServerSentEvent(comment="ping")
+                frame = Frame(None, ping.event, self.encoder.encode(ping))
+                for connection in self.registry.snapshot():
+                    if not connection.offer(frame):
+                        self._evict(connection)
 
     # -- connections -----------------------------------------------------------------------
 

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import re
-
 from ._event import ServerSentEvent
 
 __all__ = ["StandardFrameEncoder", "encode_comment", "encode_event"]
 
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+def _lf(text: str) -> str:
+    # CR and CRLF end lines too; as the format has one separator, they arrive as LF.
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
 def _comment_lines(text: str) -> str:
     # Every line gets its own ":" so a comment can never end an event with a blank line.
-    if "\n" in text or "\r" in text:
-        return "".join(f": {line}\n" for line in _LINE_BREAK.split(text))
-    return f": {text}\n"
+    return ": " + _lf(text).replace("\n", "\n: ") + "\n"
 
 
 def _data_lines(data: str) -> str:
-    if "\n" in data or "\r" in data:
-        return "data: " + "\ndata: ".join(_LINE_BREAK.split(data)) + "\n"
-    return f"data: {data}\n"
+    return "data: " + _lf(data).replace("\n", "\ndata: ") + "\n"
 
 
 def encode_event(event: ServerSentEvent) -> bytes:
@@ -66,6 +62,8 @@ def encode_event(event: ServerSentEvent) -> bytes:
 
 def encode_comment(text: str) -> bytes:
     """Encode ``text`` as comment lines, which clients ignore (heartbeats, padding)."""
+    if text.isascii():
+        return _comment_lines(text).encode()
     return encode_event(ServerSentEvent(comment=text))
 
 

@@ -1,0 +1,199 @@
+"""Live orders: a page that shows orders appear and change status as they happen.
+
+    python examples/orders_app.py --simulate        # then open http://127.0.0.1:8000/
+
+GET  /                     the live page (plain HTML + EventSource)
+GET  /events               the event stream (resumes with Last-Event-ID)
+POST /orders               {"customer": "ana"}      -> OrderCreatedDomainEvent
+POST /orders/{id}/status   {"status": "shipped"}    -> OrderStatusChangedDomainEvent
+GET  /orders               every order and its status, to rebuild state after a reset
+GET  /metrics              the broadcaster's metrics as JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from ssebus import Broadcaster, EventMap, IEventBus, InMemoryEventBus, SseEndpoint
+
+PAGE = Path(__file__).with_name("orders_page.html")
+STATUSES = ["created", "paid", "packed", "shipped", "delivered"]
+
+
+# -- the domain: two events, published on the bus -------------------------------------------
+
+
+@dataclass(frozen=True)
+class OrderCreatedDomainEvent:
+    order_id: str
+    customer: str
+    status: str = "created"
+
+
+@dataclass(frozen=True)
+class OrderStatusChangedDomainEvent:
+    order_id: str
+    old_status: str
+    new_status: str
+
+
+class Orders:
+    """A tiny order store that publishes a domain event for every change."""
+
+    def __init__(self, bus: IEventBus) -> None:
+        self.bus = bus
+        self.status: dict[str, str] = {}
+        self.customer: dict[str, str] = {}
+        self._numbers = itertools.count(1001)
+
+    async def create(self, customer: str) -> str:
+        order_id = f"ord-{next(self._numbers)}"
+        self.status[order_id] = "created"
+        self.customer[order_id] = customer
+        await self.bus.publish(OrderCreatedDomainEvent(order_id, customer))
+        return order_id
+
+    async def change_status(self, order_id: str, new_status: str) -> None:
+        old_status = self.status[order_id]
+        self.status[order_id] = new_status
+        await self.bus.publish(OrderStatusChangedDomainEvent(order_id, old_status, new_status))
+
+
+# -- how domain events become SSE events ----------------------------------------------------
+
+events = EventMap()
+
+
+@events.on(OrderCreatedDomainEvent, "order-created")
+def order_created(event: OrderCreatedDomainEvent) -> dict[str, Any]:
+    return {"orderId": event.order_id, "status": event.status, "customer": event.customer}
+
+
+@events.on(OrderStatusChangedDomainEvent, "order-status-changed")
+def order_status_changed(event: OrderStatusChangedDomainEvent) -> dict[str, Any]:
+    return {"orderId": event.order_id, "oldStatus": event.old_status, "newStatus": event.new_status}
+
+
+# -- the web app ----------------------------------------------------------------------------
+
+
+async def simulate(orders: Orders) -> None:
+    """Create an order now and then, and move open orders along, so the page is alive."""
+    customers = ["ana", "bruno", "carla", "davi", "elis"]
+    while True:
+        await anyio.sleep(random.uniform(0.5, 1.5))
+        open_orders = [o for o, s in orders.status.items() if s != STATUSES[-1]]
+        if len(open_orders) < 3 or random.random() < 0.4:
+            await orders.create(random.choice(customers))
+        else:
+            order_id = random.choice(open_orders)
+            next_status = STATUSES[STATUSES.index(orders.status[order_id]) + 1]
+            await orders.change_status(order_id, next_status)
+
+
+def build_app(
+    bus: IEventBus | None = None, *, simulate_orders: bool = False, heartbeat: float = 15.0
+) -> Starlette:
+    bus = bus or InMemoryEventBus()
+    orders = Orders(bus)
+    broadcaster = Broadcaster(bus, events, heartbeat=heartbeat)
+
+    async def page(request: Request) -> Response:
+        return FileResponse(PAGE, media_type="text/html")
+
+    async def create_order(request: Request) -> Response:
+        body = await request.json()
+        customer = body.get("customer") if isinstance(body, dict) else None
+        if not isinstance(customer, str) or not customer:
+            return JSONResponse({"error": "customer: a non-empty string is required"}, 422)
+        order_id = await orders.create(customer)
+        return JSONResponse({"orderId": order_id, "status": "created"}, 201)
+
+    async def change_status(request: Request) -> Response:
+        order_id = request.path_params["order_id"]
+        body = await request.json()
+        status = body.get("status") if isinstance(body, dict) else None
+        if order_id not in orders.status:
+            return JSONResponse({"error": f"orderId: no order {order_id!r}"}, 404)
+        if not isinstance(status, str) or not status:
+            return JSONResponse({"error": "status: a non-empty string is required"}, 422)
+        await orders.change_status(order_id, status)
+        return JSONResponse({"orderId": order_id, "status": status})
+
+    async def list_orders(request: Request) -> Response:
+        return JSONResponse(
+            [
+                {"orderId": order_id, "status": status, "customer": orders.customer[order_id]}
+                for order_id, status in orders.status.items()
+            ]
+        )
+
+    async def metrics(request: Request) -> Response:
+        return JSONResponse(broadcaster.metrics().as_dict())
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with broadcaster, anyio.create_task_group() as tasks:
+            if simulate_orders:
+                tasks.start_soon(simulate, orders)
+            yield
+            tasks.cancel_scope.cancel()
+
+    app = Starlette(
+        routes=[
+            Route("/", page),
+            Route("/events", SseEndpoint(broadcaster, retry=1000)),
+            Route("/orders", create_order, methods=["POST"]),
+            Route("/orders", list_orders, methods=["GET"]),
+            Route("/orders/{order_id}/status", change_status, methods=["POST"]),
+            Route("/metrics", metrics),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.broadcaster = broadcaster
+    return app
+
+
+async def serve(app: Starlette, host: str, port: int) -> None:
+    """Run uvicorn; when it is asked to stop, end every stream first so it can exit at once."""
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
+    broadcaster: Broadcaster = app.state.broadcaster
+
+    async def close_streams_on_exit() -> None:
+        while not server.should_exit:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
+            await anyio.sleep(0.1)
+        await broadcaster.aclose()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(close_streams_on_exit)
+        await server.serve()
+        tasks.cancel_scope.cancel()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--simulate", action="store_true", help="create orders by itself")
+    args = parser.parse_args()
+    app = build_app(simulate_orders=args.simulate)
+    print(f"Live orders on http://{args.host}:{args.port}/  (Ctrl+C to stop)")
+    anyio.run(serve, app, args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()
