@@ -6,7 +6,7 @@ history and each connection's bounded queue -> writer -> the client.
 
 from ._asgi import Authorize, Refusal, SseEndpoint
 from ._broadcaster import Broadcaster
-from ._bus import InMemoryEventBus
+from ._bus import InMemoryEventBus, delivery_id
 from ._connection import SseConnection
 from ._encoder import StandardFrameEncoder, encode_comment, encode_event
 from ._event import JsonDumps, ServerSentEvent, compact_json
@@ -30,6 +30,7 @@ from ._protocols import (
     Handler,
     IEventBus,
     ISseClientRegistry,
+    ReplayableEventBus,
     SseBroadcaster,
     Unsubscribe,
 )
@@ -38,6 +39,7 @@ from ._registry import InMemoryClientRegistry
 __all__ = [
     "Authorize",
     "Refusal",
+    "ReplayableEventBus",
     "SseEndpoint",
     "Broadcaster",
     "BusUnavailableError",
@@ -68,6 +70,7 @@ __all__ = [
     "StandardFrameEncoder",
     "Unsubscribe",
     "compact_json",
+    "delivery_id",
     "encode_comment",
     "encode_event",
 ]

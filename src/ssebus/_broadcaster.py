@@ -6,7 +6,7 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
 from typing import Literal
@@ -14,10 +14,11 @@ from typing import Literal
 import anyio
 from typing_extensions import Self
 
+from ._bus import delivery_id
 from ._connection import SseConnection
 from ._encoder import StandardFrameEncoder
 from ._event import JsonDumps, ServerSentEvent, compact_json
-from ._exceptions import ClosedError, ConfigurationError, SseBusError
+from ._exceptions import ClosedError, ConfigurationError
 from ._frame import Frame
 from ._history import InMemoryHistory
 from ._ids import SequentialIdGenerator
@@ -29,6 +30,7 @@ from ._protocols import (
     FrameEncoder,
     IEventBus,
     ISseClientRegistry,
+    ReplayableEventBus,
     Unsubscribe,
 )
 from ._registry import InMemoryClientRegistry
@@ -116,7 +118,10 @@ class Broadcaster:
         tasks = await self._stack.enter_async_context(anyio.create_task_group())
         # The origin anchors resume: a client that connected before any event can still
         # replay from it, and a reset always has an id to move the client to.
-        origin = self.ids.next_id()
+        if isinstance(self.bus, ReplayableEventBus):
+            origin = self.bus.latest_id()
+        else:
+            origin = self.ids.next_id()
         self.history.append(Frame(origin, None, b""))
         self._last_id = origin
         self._unsubscribe = self.bus.subscribe(object, self.handle)
@@ -170,10 +175,18 @@ class Broadcaster:
 
         An unmapped event is skipped (logged at debug level). A payload function that
         raises, or a payload that cannot be encoded, is logged with the event type and
-        drops only this event.
+        drops only this event. The id is the bus's (:func:`ssebus.delivery_id`) when it
+        assigned one, else the next from ``ids``.
         """
         if self._state != "running":
             raise ClosedError("the broadcaster is not running; use 'async with Broadcaster(...)'")
+        frame = self.render(event, delivery_id())
+        if frame is not None:
+            self._fan_out(frame)
+        return frame
+
+    def render(self, event: object, event_id: str | None = None) -> Frame | None:
+        """The frame ``event`` is broadcast as, or None when it is unmapped or cannot be built."""
         route = self.events.route(event)
         if route is None:
             logger.debug("no SSE route for %s; not broadcast", type(event).__name__)
@@ -181,19 +194,17 @@ class Broadcaster:
         try:
             payload = route.payload(event)
             message = ServerSentEvent.json(
-                payload, event=route.name, id=self.ids.next_id(), dumps=self.dumps
+                payload, event=route.name, id=event_id or self.ids.next_id(), dumps=self.dumps
             )
             data = self.encoder.encode(message)
-        except (SseBusError, Exception):
+        except Exception:
             self._metrics.events_dropped += 1
             self._metrics.emit("events_dropped", 1)
             logger.exception(
                 "dropped %s: cannot build its %r event", type(event).__name__, route.name
             )
             return None
-        frame = Frame(message.id, route.name, data)
-        self._fan_out(frame)
-        return frame
+        return Frame(message.id, route.name, data)
 
     def broadcast(self, message: ServerSentEvent) -> Frame:
         """Broadcast a ready-made event (given an id if it has none), bypassing the map."""
@@ -278,7 +289,7 @@ class Broadcaster:
                 prelude.append(self.encoder.encode(ServerSentEvent(retry=retry)))
             replayed: set[str | None] = set()
             if last_event_id:
-                missed = await self.history.since(last_event_id)
+                missed = await self._missed(last_event_id)
                 if missed is None:
                     prelude.append(self._reset(last_event_id, anchor))
                 else:
@@ -298,6 +309,15 @@ class Broadcaster:
             logger.log(level, "connection %s closed: %s", connection.id, reason)
             if self._closing() and not len(self.registry):
                 self._drained.set()
+
+    async def _missed(self, last_event_id: str) -> Sequence[Frame] | None:
+        missed = await self.history.since(last_event_id)
+        if missed is None and isinstance(self.bus, ReplayableEventBus):
+            entries = await self.bus.replay(last_event_id)
+            if entries is not None:
+                rendered = (self.render(event, entry_id) for entry_id, event in entries)
+                missed = [frame for frame in rendered if frame is not None]
+        return missed
 
     def _closing(self) -> bool:
         return self._state == "closing"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -12,9 +13,17 @@ from typing_extensions import Self
 from ._exceptions import ClosedError, ConfigurationError
 from ._protocols import Handler, Unsubscribe
 
-__all__ = ["InMemoryEventBus", "SubscriberTable"]
+__all__ = ["InMemoryEventBus", "SubscriberTable", "delivery_id"]
 
 logger = logging.getLogger("ssebus")
+
+_delivery_id: ContextVar[str | None] = ContextVar("ssebus_delivery_id", default=None)
+
+
+def delivery_id() -> str | None:
+    """The id the bus gave the event being handled (a Redis stream entry id), if any."""
+    return _delivery_id.get()
+
 
 E = TypeVar("E")
 

@@ -6,6 +6,7 @@ from ._event import ServerSentEvent
 
 __all__ = ["StandardFrameEncoder", "encode_comment", "encode_event"]
 
+
 def _lf(text: str) -> str:
     # CR and CRLF end lines too; as the format has one separator, they arrive as LF.
     return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text

@@ -23,6 +23,7 @@ __all__ = [
     "Handler",
     "IEventBus",
     "ISseClientRegistry",
+    "ReplayableEventBus",
     "SseBroadcaster",
     "Unsubscribe",
 ]
@@ -45,6 +46,20 @@ class IEventBus(Protocol):
 
     def subscribe(self, event_type: type[E], handler: Handler[E]) -> Unsubscribe:
         """Call ``handler`` for every published instance of ``event_type``."""
+
+
+@runtime_checkable
+class ReplayableEventBus(IEventBus, Protocol):
+    """A bus with a durable, ordered log (Redis Streams): its entry ids become the SSE ids.
+
+    While a handler runs, ``ssebus.delivery_id()`` returns the entry id of its event.
+    """
+
+    def latest_id(self) -> str:
+        """The id of the newest entry this bus has seen (a position before any entry if none)."""
+
+    async def replay(self, after_id: str) -> Sequence[tuple[str, object]] | None:
+        """Entries after ``after_id``, oldest first, or None when the log no longer has it."""
 
 
 @runtime_checkable
