@@ -259,6 +259,13 @@ def test_obligation_11_a_lone_surrogate_is_refused(field: str, surrogate: int) -
     assert "surrogate" in caught.value.problem
 
 
+@pytest.mark.parametrize("text", ["\ud800", "ok \udfff", "\u00e9\udc80\n"])
+def test_encode_comment_refuses_a_lone_surrogate(text: str) -> None:
+    with pytest.raises(InvalidEventError) as caught:
+        encode_comment(text)
+    assert caught.value.field == "comment"
+
+
 def test_obligation_12_no_frame_starts_with_a_bom() -> None:
     bom = "\ufeff".encode()
     frames = [
@@ -444,7 +451,7 @@ def test_standard_frame_encoder_encodes_like_encode_event() -> None:
 # --- properties ----------------------------------------------------------------------------
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(valid_events())
 def test_any_valid_event_reaches_the_parser_intact(event: ServerSentEvent) -> None:
     frame = encode_event(event)
@@ -462,7 +469,7 @@ def test_any_valid_event_reaches_the_parser_intact(event: ServerSentEvent) -> No
     ]
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(st.one_of(valid_events(), any_text), max_size=8))
 def test_concatenated_frames_and_comments_parse_like_each_frame_alone(
     items: list[ServerSentEvent | str],
@@ -487,7 +494,7 @@ def test_concatenated_frames_and_comments_parse_like_each_frame_alone(
     assert parse_events(stream) == expected
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(st.sampled_from(["event", "id"]), text_with(line_breaks, line=True))
 def test_a_line_break_in_event_or_id_always_raises(field: str, value: str) -> None:
     with pytest.raises(InvalidEventError) as caught:
@@ -495,7 +502,7 @@ def test_a_line_break_in_event_or_id_always_raises(field: str, value: str) -> No
     assert caught.value.field == field
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(
     st.sampled_from(["data", "event", "id", "comment"]),
     text_with(lone_surrogates, line=True),
@@ -505,9 +512,13 @@ def test_a_lone_surrogate_in_any_text_field_always_raises(field: str, value: str
     with pytest.raises(InvalidEventError) as caught:
         encode_event(_unchecked(**fields))
     assert caught.value.field == field
+    if field == "comment":
+        with pytest.raises(InvalidEventError) as caught:
+            encode_comment(value)
+        assert caught.value.field == "comment"
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(
     st.one_of(
         st.integers(max_value=-1),
@@ -526,7 +537,7 @@ def test_an_invalid_retry_always_raises(retry: object) -> None:
 # --- httpx-sse -----------------------------------------------------------------------------
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(st.one_of(valid_events(with_data=True), any_text), max_size=6), st.data())
 def test_httpx_sse_yields_the_spec_events_for_frames_with_data(
     items: list[ServerSentEvent | str], data: st.DataObject

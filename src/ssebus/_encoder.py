@@ -63,7 +63,7 @@ def encode_event(event: ServerSentEvent) -> bytes:
 
 def encode_comment(text: str) -> bytes:
     """Encode ``text`` as comment lines, which clients ignore (heartbeats, padding)."""
-    if text.isascii():
+    if isinstance(text, str) and text.isascii():
         return _comment_lines(text).encode()
     return encode_event(ServerSentEvent(comment=text))
 

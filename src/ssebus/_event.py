@@ -121,11 +121,11 @@ class ServerSentEvent:
         """Build an event whose data is ``payload`` as JSON (compact, via ``dumps``)."""
         try:
             text = dumps(payload)
+            if isinstance(text, (bytes, bytearray, memoryview)):
+                text = bytes(text).decode("utf-8")
         except (TypeError, ValueError) as exc:
             raise SerializationError(
                 f"cannot serialize {type(payload).__name__} payload"
                 f"{f' of event {event!r}' if event else ''} as JSON: {exc}"
             ) from exc
-        if isinstance(text, (bytes, bytearray, memoryview)):
-            text = bytes(text).decode("utf-8")
         return cls(data=text, event=event, id=id, retry=retry)
