@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Literal
 
 import anyio
+import anyio.abc
 from typing_extensions import Self
 
 from ._bus import delivery_id
@@ -109,6 +110,7 @@ class Broadcaster:
         self._unsubscribe: Unsubscribe | None = None
         self._drained = anyio.Event()
         self._heartbeat_scope: anyio.CancelScope | None = None
+        self._tasks: anyio.abc.TaskGroup | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -116,6 +118,7 @@ class Broadcaster:
         if self._state != "new":
             raise ClosedError("a Broadcaster can be started once")
         tasks = await self._stack.enter_async_context(anyio.create_task_group())
+        self._tasks = tasks
         # The origin anchors resume: a client that connected before any event can still
         # replay from it, and a reset always has an id to move the client to.
         if isinstance(self.bus, ReplayableEventBus):
@@ -137,6 +140,8 @@ class Broadcaster:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+        if self._tasks is not None:
+            self._tasks.cancel_scope.cancel()
         await self._stack.aclose()
         self._state = "closed"
 
@@ -289,7 +294,11 @@ class Broadcaster:
                 prelude.append(self.encoder.encode(ServerSentEvent(retry=retry)))
             replayed: set[str | None] = set()
             if last_event_id:
-                missed = await self._missed(last_event_id)
+                missed: Sequence[Frame] | None = []
+                with anyio.CancelScope() as lookup:
+                    connection.guard(lookup)
+                    missed = await self._missed(last_event_id)
+                connection.guard(None)
                 if missed is None:
                     prelude.append(self._reset(last_event_id, anchor))
                 else:

@@ -77,8 +77,25 @@ async def run_handler(handler: Handler[Any], event: object, limit: float | None)
         logger.error("handler %r on %s cancelled after %s s", handler, type(event).__name__, limit)
 
 
-async def dispatch(handlers: tuple[Handler[Any], ...], event: object, limit: float | None) -> None:
-    """Run ``handlers`` on ``event`` concurrently and wait for them all."""
+async def dispatch(
+    handlers: tuple[Handler[Any], ...],
+    event: object,
+    limit: float | None,
+    *,
+    event_id: str | None = None,
+) -> None:
+    """Run ``handlers`` on ``event`` concurrently and wait for them all.
+
+    ``event_id`` (a bus-assigned id, e.g. a Redis stream entry id) is what
+    :func:`delivery_id` returns inside the handlers.
+    """
+    if event_id is not None:
+        token = _delivery_id.set(event_id)
+        try:
+            await dispatch(handlers, event, limit)
+        finally:
+            _delivery_id.reset(token)
+        return
     if len(handlers) == 1:
         await run_handler(handlers[0], event, limit)
         return

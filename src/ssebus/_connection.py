@@ -48,6 +48,7 @@ class SseConnection:
         self._held: list[Frame] | None = []
         self._prelude = b""
         self._prelude_frames = 0
+        self._final = b""
         self._scope: anyio.CancelScope | None = None
         self._aborted = False
 
@@ -91,12 +92,14 @@ class SseConnection:
         if self.close_reason is not None:
             return
         self.close_reason = reason
-        if final:
-            try:
-                self._sender.send_nowait(final)
-            except anyio.WouldBlock:
-                self.abort(reason)
+        self._final = final
         self._sender.close()
+
+    def guard(self, scope: anyio.CancelScope | None) -> None:
+        """Let :meth:`abort` cancel ``scope`` (work done for this connection before ``run``)."""
+        self._scope = scope
+        if scope is not None and self._aborted:
+            scope.cancel()
 
     def abort(self, reason: str) -> None:
         """Close the stream now: nothing more is written, a write in progress is cancelled."""
@@ -131,6 +134,8 @@ class SseConnection:
                 data = first if len(batch) == 1 else b"".join(batch)
                 if not await self._write(write, data, frames=len(batch)):
                     return
+            if self._final:
+                await self._write(write, self._final, frames=0)
 
     async def _write(self, write: Write, data: bytes, *, frames: int) -> bool:
         try:

@@ -65,6 +65,7 @@ class InMemoryHistory:
 
     def _drop_oldest(self) -> None:
         _, frame = self._frames.popleft()
-        assert frame.id is not None
-        del self._positions[frame.id]
+        # A repeated id points at its newest copy; only forget it with that copy.
+        if frame.id is not None and self._positions.get(frame.id) == self._first:
+            del self._positions[frame.id]
         self._first += 1
