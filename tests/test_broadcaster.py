@@ -893,6 +893,9 @@ async def test_shutdown_during_a_slow_history_read_sends_the_replay_then_the_goo
 
 
 async def test_shutdown_ends_a_connection_stuck_in_its_history_lookup() -> None:
+    """A history lookup that never returns (e.g. a wedged Redis) is cancelled by the abort
+    at ``shutdown_timeout``: the client's ``connect`` ends instead of hanging forever."""
+
     class StuckHistory:
         def __init__(self) -> None:
             self.reading = anyio.Event()
@@ -913,7 +916,7 @@ async def test_shutdown_ends_a_connection_stuck_in_its_history_lookup() -> None:
             await history.reading.wait()
             await broadcaster.aclose()
             assert len(broadcaster.registry) == 0
-            await client.finished.wait()  # never: the client's connect() hangs
+            await client.finished.wait()  # abort cancels the lookup, so connect() ends
 
 
 async def test_aclose_says_goodbye_with_a_jittered_retry_and_ends_every_client() -> None:

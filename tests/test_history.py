@@ -164,9 +164,23 @@ async def test_appending_a_repeated_id_never_breaks_the_ring() -> None:
     history.append(Frame("same", None, b"id: same\ndata: a\n\n"))
     history.append(Frame("same", None, b"id: same\ndata: b\n\n"))
     for n in range(1, 4):
-        history.append(frame(n))  # KeyError on the second eviction of "same"
+        history.append(frame(n))  # each append evicts the oldest frame
     assert len(history) == 2
     assert ids(await history.since("p-2")) == ["p-3"]
+    assert await history.since("same") is None
+
+
+async def test_a_repeated_id_resumes_after_its_newest_copy() -> None:
+    history = InMemoryHistory(max_events=3)
+    history.append(Frame("same", None, b"id: same\ndata: a\n\n"))
+    history.append(frame(1))
+    history.append(Frame("same", None, b"id: same\ndata: b\n\n"))
+    history.append(frame(2))  # evicts the older copy of "same"
+    assert ids(await history.since("same")) == ["p-2"]
+    history.append(frame(3))
+    history.append(frame(4))  # evicts the newer copy too
+    assert await history.since("same") is None
+    assert ids(await history.since("p-3")) == ["p-4"]
 
 
 @pytest.mark.parametrize("max_events", [-1, 1.5, "10", True, None])

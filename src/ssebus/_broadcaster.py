@@ -311,6 +311,7 @@ class Broadcaster:
             yield connection
         finally:
             connection.close("stream ended")
+            connection.dispose()
             self.registry.remove(connection.id)
             self._metrics.emit("connections_closed", 1)
             reason = connection.close_reason or "stream ended"

@@ -95,6 +95,11 @@ class SseConnection:
         self._final = final
         self._sender.close()
 
+    def dispose(self) -> None:
+        """Free the queue once nothing will run the connection any more."""
+        self.abort(self.close_reason or "stream ended")
+        self._receiver.close()
+
     def guard(self, scope: anyio.CancelScope | None) -> None:
         """Let :meth:`abort` cancel ``scope`` (work done for this connection before ``run``)."""
         self._scope = scope
