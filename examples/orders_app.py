@@ -2,6 +2,12 @@
 
     python examples/orders_app.py --simulate        # then open http://127.0.0.1:8000/
 
+Two instances sharing one live feed through Redis (Streams: same ids everywhere, resume
+on either instance; ``--redis-mode pubsub`` for at-most-once fan-out):
+
+    python examples/orders_app.py --port 8000 --redis redis://127.0.0.1:6379/0 --simulate
+    python examples/orders_app.py --port 8001 --redis redis://127.0.0.1:6379/0
+
 GET  /                     the live page (plain HTML + EventSource)
 GET  /events               the event stream (resumes with Last-Event-ID)
 POST /orders               {"customer": "ana"}      -> OrderCreatedDomainEvent
@@ -13,13 +19,15 @@ GET  /metrics              the broadcaster's metrics as JSON
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import random
+import secrets
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import uvicorn
@@ -29,6 +37,9 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ssebus import Broadcaster, EventMap, IEventBus, InMemoryEventBus, SseEndpoint
+
+if TYPE_CHECKING:
+    from ssebus.redis import Mode, RedisEventBus
 
 PAGE = Path(__file__).with_name("orders_page.html")
 STATUSES = ["created", "paid", "packed", "shipped", "delivered"]
@@ -54,14 +65,28 @@ class OrderStatusChangedDomainEvent:
 class Orders:
     """A tiny order store that publishes a domain event for every change."""
 
-    def __init__(self, bus: IEventBus) -> None:
+    def __init__(self, bus: IEventBus, *, prefix: str = "ord") -> None:
         self.bus = bus
         self.status: dict[str, str] = {}
         self.customer: dict[str, str] = {}
         self._numbers = itertools.count(1001)
+        self._prefix = prefix
+
+    def follow(self) -> None:
+        """Also apply the changes other instances publish on a shared bus (e.g. Redis)."""
+
+        async def created(event: OrderCreatedDomainEvent) -> None:
+            self.status.setdefault(event.order_id, event.status)
+            self.customer.setdefault(event.order_id, event.customer)
+
+        async def changed(event: OrderStatusChangedDomainEvent) -> None:
+            self.status[event.order_id] = event.new_status
+
+        self.bus.subscribe(OrderCreatedDomainEvent, created)
+        self.bus.subscribe(OrderStatusChangedDomainEvent, changed)
 
     async def create(self, customer: str) -> str:
-        order_id = f"ord-{next(self._numbers)}"
+        order_id = f"{self._prefix}-{next(self._numbers)}"
         self.status[order_id] = "created"
         self.customer[order_id] = customer
         await self.bus.publish(OrderCreatedDomainEvent(order_id, customer))
@@ -105,11 +130,32 @@ async def simulate(orders: Orders) -> None:
             await orders.change_status(order_id, next_status)
 
 
+def redis_bus(url: str, mode: Mode = "streams") -> RedisEventBus:
+    """A Redis bus carrying the two order events (needs ``pip install 'ssebus[redis]'``)."""
+    from ssebus.redis import RedisEventBus
+
+    bus = RedisEventBus(url, mode=mode)
+    bus.register(OrderCreatedDomainEvent)
+    bus.register(OrderStatusChangedDomainEvent)
+    return bus
+
+
 def build_app(
-    bus: IEventBus | None = None, *, simulate_orders: bool = False, heartbeat: float = 15.0
+    bus: IEventBus | None = None,
+    *,
+    simulate_orders: bool = False,
+    heartbeat: float = 15.0,
+    shared_bus: RedisEventBus | None = None,
 ) -> Starlette:
-    bus = bus or InMemoryEventBus()
-    orders = Orders(bus)
+    """The app; with ``shared_bus`` (e.g. :func:`redis_bus`) it runs that bus in its lifespan,
+    so every instance on the bus shows one live feed (``bus`` is then ignored)."""
+    if shared_bus is not None:
+        bus = shared_bus
+        orders = Orders(bus, prefix=f"ord-{secrets.token_hex(2)}")  # unique across instances
+        orders.follow()
+    else:
+        bus = bus or InMemoryEventBus()
+        orders = Orders(bus)
     broadcaster = Broadcaster(bus, events, heartbeat=heartbeat)
 
     async def page(request: Request) -> Response:
@@ -147,7 +193,11 @@ def build_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with broadcaster, anyio.create_task_group() as tasks:
+        async with AsyncExitStack() as stack:
+            if shared_bus is not None:
+                await stack.enter_async_context(shared_bus)
+            await stack.enter_async_context(broadcaster)
+            tasks = await stack.enter_async_context(anyio.create_task_group())
             if simulate_orders:
                 tasks.start_soon(simulate, orders)
             yield
@@ -189,10 +239,23 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--simulate", action="store_true", help="create orders by itself")
+    parser.add_argument("--redis", metavar="URL", help="share the feed through Redis at URL")
+    parser.add_argument(
+        "--redis-mode",
+        choices=["streams", "pubsub"],
+        default="streams",
+        help="streams: shared ids and resume anywhere (default); pubsub: at-most-once",
+    )
     args = parser.parse_args()
-    app = build_app(simulate_orders=args.simulate)
+    if args.redis:
+        shared = redis_bus(args.redis, args.redis_mode)
+        app = build_app(simulate_orders=args.simulate, shared_bus=shared)
+    else:
+        app = build_app(simulate_orders=args.simulate)
     print(f"Live orders on http://{args.host}:{args.port}/  (Ctrl+C to stop)")
-    anyio.run(serve, app, args.host, args.port)
+    # uvicorn re-raises Ctrl+C once it has shut down cleanly; nothing is left to report.
+    with contextlib.suppress(KeyboardInterrupt):
+        anyio.run(serve, app, args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -284,7 +284,11 @@ class Broadcaster:
             write_timeout=self.write_timeout,
             metrics=self._metrics,
         )
-        self.registry.add(connection)
+        try:
+            self.registry.add(connection)
+        except BaseException:
+            connection.dispose()
+            raise
         anchor = self._last_id
         self._metrics.connections_opened += 1
         self._metrics.emit("connections_opened", 1)
