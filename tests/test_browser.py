@@ -1,0 +1,234 @@
+"""The live-orders page in a real browser (Playwright driving Debian's Chromium).
+
+* The demo script itself (``examples/orders_app.py``): orders created and changed through
+  the HTTP API show up on the page as they happen; a screenshot is saved to
+  ``artifacts/browser-orders.png``.
+* Resume: the same page and app (``tests.apps:orders_app``, the demo plus ``POST /kick``)
+  loses its stream on the server's side; events published while the browser is away reach
+  it after ``EventSource`` reconnects with ``Last-Event-ID``: every event exactly once, in
+  order, and no ``reset``.
+
+Skipped when ``/usr/bin/chromium`` is missing, unless ``SSEBUS_REQUIRE_BROWSER=1``, which
+turns the skip into a failure. Every wait is bounded (Playwright and httpx timeouts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, Request, sync_playwright
+from servers import ROOT, ServerProcess, serve_app, serve_demo
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOT = ROOT / "artifacts" / "browser-orders.png"
+#: Milliseconds any single wait in the page may take.
+WAIT_MS = 10_000
+#: Seconds an HTTP call of the test may take.
+HTTP_TIMEOUT = 5.0
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} is missing: the browser tests drive Debian's Chromium"
+        if os.environ.get("SSEBUS_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{reason}, and SSEBUS_REQUIRE_BROWSER=1 requires them to run")
+        pytest.skip(reason)
+    return str(CHROMIUM)
+
+
+@pytest.fixture(scope="module")
+def browser(chromium: str) -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=chromium, args=CHROMIUM_ARGS, headless=True, timeout=30_000
+        )
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 900, "height": 700})
+    context.set_default_timeout(WAIT_MS)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=HTTP_TIMEOUT) as client:
+        yield client
+
+
+# -- driving the demo ------------------------------------------------------------------------
+
+
+def open_page(page: Page, server: ServerProcess) -> None:
+    page.goto(f"{server.url}/")
+    page.wait_for_function("document.getElementById('state').textContent === 'connected'")
+
+
+def create_order(http: httpx.Client, server: ServerProcess, customer: str) -> str:
+    response = http.post(f"{server.url}/orders", json={"customer": customer})
+    assert response.status_code == 201, response.text
+    order_id = response.json()["orderId"]
+    assert isinstance(order_id, str)
+    return order_id
+
+
+def change_status(http: httpx.Client, server: ServerProcess, order_id: str, status: str) -> None:
+    response = http.post(f"{server.url}/orders/{order_id}/status", json={"status": status})
+    assert response.status_code == 200, response.text
+
+
+def metrics(http: httpx.Client, server: ServerProcess) -> dict[str, Any]:
+    response = http.get(f"{server.url}/metrics")
+    response.raise_for_status()
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def received(page: Page) -> list[dict[str, Any]]:
+    """``window.received``: every event the page handled, as ``{type, id, data}``."""
+    events: list[dict[str, Any]] = page.evaluate("window.received")
+    return events
+
+
+def wait_received(page: Page, count: int) -> list[dict[str, Any]]:
+    page.wait_for_function("n => window.received.length >= n", arg=count)
+    return received(page)
+
+
+def row(page: Page, order_id: str) -> list[str]:
+    """The order's table row as its cell texts: id, customer, status."""
+    cells: list[str] = page.locator(f"tr#{order_id} td").all_inner_texts()
+    return cells
+
+
+def created(order_id: str, customer: str) -> tuple[str, dict[str, str]]:
+    return "order-created", {"orderId": order_id, "status": "created", "customer": customer}
+
+
+def changed(order_id: str, old: str, new: str) -> tuple[str, dict[str, str]]:
+    return "order-status-changed", {"orderId": order_id, "oldStatus": old, "newStatus": new}
+
+
+def as_expected(events: list[dict[str, Any]]) -> list[tuple[str, dict[str, str]]]:
+    return [(event["type"], json.loads(event["data"])) for event in events]
+
+
+def sequence_numbers(events: list[dict[str, Any]]) -> list[int]:
+    """The counter part of each id (``<prefix>-<n>``); all ids must share one prefix."""
+    prefixes = {str(event["id"]).rsplit("-", 1)[0] for event in events}
+    assert len(prefixes) == 1, prefixes
+    return [int(str(event["id"]).rsplit("-", 1)[1]) for event in events]
+
+
+# -- the tests -------------------------------------------------------------------------------
+
+
+def test_demo_page_shows_orders_and_status_changes_as_they_happen(
+    page: Page, http: httpx.Client
+) -> None:
+    with serve_demo() as server:
+        open_page(page, server)
+        ana = create_order(http, server, "ana")
+        bruno = create_order(http, server, "bruno")
+        change_status(http, server, ana, "paid")
+
+        events = wait_received(page, 3)
+        assert as_expected(events) == [
+            created(ana, "ana"),
+            created(bruno, "bruno"),
+            changed(ana, "created", "paid"),
+        ]
+        page.wait_for_function(
+            "id => document.querySelector(`tr#${id} td.status`).textContent === 'paid'", arg=ana
+        )
+        assert row(page, ana) == [ana, "ana", "paid"]
+        assert row(page, bruno) == [bruno, "bruno", "created"]
+        assert page.inner_text("#count") == "3"
+        assert page.inner_text("#last-id") == events[-1]["id"]
+
+        page.wait_for_function("!document.querySelector('tr.fresh')")  # highlight faded
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        page.close()  # the browser leaves before the server stops
+
+
+def test_browser_resumes_after_a_server_side_disconnect_with_every_event_exactly_once(
+    page: Page, http: httpx.Client
+) -> None:
+    stream_requests: list[Request] = []
+    page.on("request", lambda r: stream_requests.append(r) if "/events" in r.url else None)
+
+    with serve_app("uvicorn", "orders_app", graceful=True) as server:
+        open_page(page, server)
+        ana = create_order(http, server, "ana")
+        bruno = create_order(http, server, "bruno")
+        change_status(http, server, ana, "paid")
+        before = wait_received(page, 3)
+
+        # The server drops the stream; the page's EventSource retries after 1 s (retry: 1000).
+        kicked = http.post(f"{server.url}/kick")
+        assert kicked.json() == {"kicked": 1}
+        page.wait_for_function("document.getElementById('state').textContent !== 'connected'")
+
+        # Published while the browser is away.
+        carla = create_order(http, server, "carla")
+        change_status(http, server, ana, "packed")
+        change_status(http, server, bruno, "paid")
+        assert metrics(http, server)["connections_opened"] == 1, (
+            "the browser reconnected before the events were published: nothing was missed"
+        )
+
+        wait_received(page, 6)
+        change_status(http, server, carla, "paid")  # live again
+        events = wait_received(page, 7)
+        page.wait_for_function(
+            "id => document.querySelector(`tr#${id} td.status`).textContent === 'paid'",
+            arg=carla,
+        )
+
+        assert metrics(http, server)["connections_opened"] == 2  # one reconnect, no more
+        assert as_expected(events) == [
+            created(ana, "ana"),
+            created(bruno, "bruno"),
+            changed(ana, "created", "paid"),
+            created(carla, "carla"),
+            changed(ana, "paid", "packed"),
+            changed(bruno, "created", "paid"),
+            changed(carla, "created", "paid"),
+        ]
+        numbers = sequence_numbers(events)
+        assert numbers == list(range(numbers[0], numbers[0] + 7)), "a gap or a duplicate"
+        assert [row(page, order) for order in (ana, bruno, carla)] == [
+            [ana, "ana", "packed"],
+            [bruno, "bruno", "paid"],
+            [carla, "carla", "paid"],
+        ]
+
+        assert len(stream_requests) == 2
+        first, resumed = (request.all_headers() for request in stream_requests)
+        assert "last-event-id" not in first
+        assert resumed["last-event-id"] == before[-1]["id"]
+        page.close()
