@@ -161,7 +161,7 @@ class Broadcaster:
             self._heartbeat_scope.cancel()
         with anyio.CancelScope(shield=True):
             for connection in self.registry.snapshot():
-                connection.close("server shutting down", final=self._goodbye())
+                connection.close("server shutting down", final=self.goodbye())
             if len(self.registry):
                 with anyio.move_on_after(self.shutdown_timeout):
                     await self._drained.wait()
@@ -310,7 +310,7 @@ class Broadcaster:
                     replayed = {frame.id for frame in missed}
             connection.release(b"".join(prelude), len(prelude) - (retry is not None), replayed)
             if self._state != "running":
-                connection.close("server shutting down", final=self._goodbye())
+                connection.close("server shutting down", final=self.goodbye())
             logger.debug("connection %s opened (last event id %r)", connection.id, last_event_id)
             yield connection
         finally:
@@ -354,7 +354,8 @@ class Broadcaster:
             )
         )
 
-    def _goodbye(self) -> bytes:
+    def goodbye(self) -> bytes:
+        """The last frame of a stream at shutdown: a ``retry:`` drawn from ``reconnect_jitter``."""
         low, high = self.reconnect_jitter
         return self.encoder.encode(
             ServerSentEvent(comment="server shutting down", retry=random.randint(low, high))
