@@ -21,6 +21,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import pytest
+from domain import DomainEvent, OrderCreatedDomainEvent, OrderStatusChangedDomainEvent
 
 from ssebus import (
     Broadcaster,
@@ -44,24 +45,6 @@ GUARD = 5.0  # seconds; only a guard against hangs, never reached by a passing t
 
 
 # --- the domain ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DomainEvent:
-    """Base of the domain events below."""
-
-
-@dataclass(frozen=True)
-class OrderCreatedDomainEvent(DomainEvent):
-    order_id: str
-    status: str = "created"
-
-
-@dataclass(frozen=True)
-class OrderStatusChangedDomainEvent(DomainEvent):
-    order_id: str
-    old_status: str
-    new_status: str
 
 
 @dataclass(frozen=True)

@@ -14,30 +14,13 @@ from dataclasses import dataclass
 
 import anyio
 import pytest
+from domain import DomainEvent, OrderCreatedDomainEvent, OrderStatusChangedDomainEvent
 
 from ssebus import ClosedError, ConfigurationError, IEventBus, InMemoryEventBus
 
 pytestmark = pytest.mark.anyio
 
 Handler = Callable[[object], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class DomainEvent:
-    """Base of the domain events below."""
-
-
-@dataclass(frozen=True)
-class OrderCreatedDomainEvent(DomainEvent):
-    order_id: str
-    status: str = "created"
-
-
-@dataclass(frozen=True)
-class OrderStatusChangedDomainEvent(DomainEvent):
-    order_id: str
-    old_status: str
-    new_status: str
 
 
 @dataclass(frozen=True)

@@ -12,26 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from domain import DomainEvent, OrderCreatedDomainEvent, OrderStatusChangedDomainEvent
 
 from ssebus import ConfigurationError, EventMap, Route
-
-
-@dataclass(frozen=True)
-class DomainEvent:
-    """Base of the domain events below."""
-
-
-@dataclass(frozen=True)
-class OrderCreatedDomainEvent(DomainEvent):
-    order_id: str
-    status: str = "created"
-
-
-@dataclass(frozen=True)
-class OrderStatusChangedDomainEvent(DomainEvent):
-    order_id: str
-    old_status: str
-    new_status: str
 
 
 @dataclass(frozen=True)
