@@ -35,6 +35,7 @@ from ._protocols import (
     Unsubscribe,
 )
 from ._registry import InMemoryClientRegistry
+from ._subscription import Subscription
 
 __all__ = [
     "Authorize",
@@ -67,6 +68,7 @@ __all__ = [
     "SseBroadcaster",
     "SseBusError",
     "SseConnection",
+    "Subscription",
     "StandardFrameEncoder",
     "Unsubscribe",
     "compact_json",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +13,7 @@ import anyio
 
 from ._exceptions import ClosedError, ConfigurationError
 from ._protocols import SseBroadcaster
+from ._subscription import Subscription
 from ._types import Message, Receive, Scope, Send
 
 __all__ = ["Authorize", "Refusal", "SseEndpoint"]
@@ -28,14 +29,32 @@ SSE_HEADERS: list[tuple[bytes, bytes]] = [
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """An authorization hook's "no": the HTTP status and a short reason for the body."""
+    """An authorization hook's "no": the HTTP status, a short reason for the body, and
+    extra response headers (e.g. ``[("www-authenticate", 'Bearer realm="orders"')]``)."""
 
     status: int = 403
     reason: str = "Forbidden"
+    headers: Sequence[tuple[str, str]] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.status, bool) or not isinstance(self.status, int):
+            raise ConfigurationError("status", self.status, "must be an int HTTP status")
+        if not 400 <= self.status <= 599:
+            raise ConfigurationError("status", self.status, "a refusal is a 4xx or 5xx status")
+        for header in self.headers:
+            if (
+                not isinstance(header, tuple)
+                or len(header) != 2
+                or not all(isinstance(part, str) for part in header)
+            ):
+                raise ConfigurationError("headers", header, "each header is a (name, value) of str")
+            if any(c in part for part in header for c in "\r\n\0"):
+                raise ConfigurationError("headers", header, "must not contain CR, LF or NUL")
 
 
-#: Sees the request's ASGI scope; returns None to accept it or a Refusal.
-Authorize = Callable[[Scope], Awaitable[Refusal | None]]
+#: Sees the request's ASGI scope; returns a ``Subscription`` (or None: every event without
+#: a tenant) to accept it, or a ``Refusal``.
+Authorize = Callable[[Scope], Awaitable[Subscription | Refusal | None]]
 
 
 class SseEndpoint:
@@ -47,6 +66,10 @@ class SseEndpoint:
     or the broadcaster shuts down. HEAD answers the headers only; other methods get 405.
     Run as the top-level app it also handles ASGI lifespan, starting and closing the
     broadcaster with the server.
+
+    ``authorize(scope)`` decides before any stream starts: a ``Refusal`` answers with its
+    status (401/403 ...), a ``Subscription`` says which events this client receives and
+    until when. A hook that raises or returns anything else refuses with 500.
     """
 
     def __init__(
@@ -78,22 +101,34 @@ class SseEndpoint:
         if method not in ("GET", "HEAD"):
             await _respond(send, 405, "Method Not Allowed", [(b"allow", b"GET, HEAD")])
             return
+        subscription: Subscription | None = None
         if self.authorize is not None:
             try:
-                refusal = await self.authorize(scope)
+                decision = await self.authorize(scope)
             except Exception:
                 logger.exception("authorize hook failed; refusing the request")
-                refusal = Refusal(500, "Internal Server Error")
-            if refusal is not None:
-                await _respond(send, refusal.status, refusal.reason)
+                decision = Refusal(500, "Internal Server Error")
+            if isinstance(decision, Refusal):
+                headers = [(k.lower().encode(), v.encode()) for k, v in decision.headers]
+                await _respond(send, decision.status, decision.reason, headers)
                 return
+            if decision is not None and not isinstance(decision, Subscription):
+                logger.error(
+                    "authorize hook returned %r, not a Subscription, Refusal or None; refusing",
+                    decision,
+                )
+                await _respond(send, 500, "Internal Server Error")
+                return
+            subscription = decision
         if method == "HEAD":
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
         try:
             connect = self.broadcaster.connect(
-                last_event_id=self._last_event_id(scope), retry=self.retry
+                last_event_id=self._last_event_id(scope),
+                retry=self.retry,
+                subscription=subscription,
             )
             await self._stream(connect, receive, send)
         except ClosedError:

@@ -6,7 +6,7 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
 from typing import Literal
@@ -35,6 +35,7 @@ from ._protocols import (
     Unsubscribe,
 )
 from ._registry import InMemoryClientRegistry
+from ._subscription import EVERYTHING, Subscription
 
 __all__ = ["Broadcaster"]
 
@@ -198,6 +199,7 @@ class Broadcaster:
             return None
         try:
             payload = route.payload(event)
+            tenant, topics = route.audience(event, payload)
             message = ServerSentEvent.json(
                 payload, event=route.name, id=event_id or self.ids.next_id(), dumps=self.dumps
             )
@@ -209,10 +211,25 @@ class Broadcaster:
                 "dropped %s: cannot build its %r event", type(event).__name__, route.name
             )
             return None
-        return Frame(message.id, route.name, data)
+        allow = route.allow
+        return Frame(
+            message.id,
+            route.name,
+            data,
+            tenant,
+            topics,
+            None if allow is None else lambda subscription: allow(event, subscription),
+        )
 
-    def broadcast(self, message: ServerSentEvent) -> Frame:
-        """Broadcast a ready-made event (given an id if it has none), bypassing the map."""
+    def broadcast(
+        self,
+        message: ServerSentEvent,
+        *,
+        tenant: str | None = None,
+        topics: Collection[str] = frozenset(),
+    ) -> Frame:
+        """Broadcast a ready-made event (given an id if it has none), bypassing the map,
+        to the connections ``tenant`` and ``topics`` select (default: everyone)."""
         if self._state != "running":
             raise ClosedError("the broadcaster is not running; use 'async with Broadcaster(...)'")
         if message.id is None:
@@ -223,7 +240,9 @@ class Broadcaster:
                 retry=message.retry,
                 comment=message.comment,
             )
-        frame = Frame(message.id, message.event, self.encoder.encode(message))
+        frame = Frame(
+            message.id, message.event, self.encoder.encode(message), tenant, frozenset(topics)
+        )
         self._fan_out(frame)
         return frame
 
@@ -232,12 +251,52 @@ class Broadcaster:
         if frame.id is not None:
             self.history.append(frame)
             self._last_id = frame.id
-        for connection in self.registry.snapshot():
-            if not connection.offer(frame):
-                self._evict(connection)
+        targets = self.registry.select(frame.tenant, frame.topics)
+        if frame.allow is None:
+            for connection in targets:
+                if not connection.offer(frame):
+                    self._evict(connection)
+        else:
+            for connection in self._admitted(frame, targets):
+                if not connection.offer(frame):
+                    self._evict(connection)
         self._metrics.events_published += 1
         self._metrics.emit("events_published", 1)
         self._metrics.observe_broadcast(time.perf_counter() - started)
+
+    def _admitted(self, frame: Frame, targets: Sequence[SseConnection]) -> list[SseConnection]:
+        """The ``targets`` that ``frame.allow`` admits; a predicate error means "no"."""
+        admitted: list[SseConnection] = []
+        allow = frame.allow
+        assert allow is not None
+        failed: list[str] = []
+        for connection in targets:
+            try:
+                if allow(connection.subscription) is True:
+                    admitted.append(connection)
+            except Exception:
+                if not failed:
+                    logger.exception(
+                        "allow predicate of %r (id %s) failed for connection %s; not delivered",
+                        frame.event,
+                        frame.id,
+                        connection.id,
+                    )
+                failed.append(connection.id)
+        if failed:
+            self._predicate_failed(frame, failed)
+        return admitted
+
+    def _predicate_failed(self, frame: Frame, connection_ids: Sequence[str]) -> None:
+        self._metrics.predicate_errors += len(connection_ids)
+        self._metrics.emit("predicate_errors", len(connection_ids))
+        if len(connection_ids) > 1:
+            logger.error(
+                "allow predicate of %r (id %s) failed for %d connections; not delivered to them",
+                frame.event,
+                frame.id,
+                len(connection_ids),
+            )
 
     def _evict(self, connection: SseConnection) -> None:
         connection.abort(f"evicted: more than {self.max_queue} frames queued")
@@ -268,6 +327,7 @@ class Broadcaster:
         last_event_id: str | None = None,
         retry: int | None = None,
         connection_id: str | None = None,
+        subscription: Subscription | None = None,
     ) -> AsyncIterator[SseConnection]:
         """Register a connection; on exit it is closed and removed.
 
@@ -275,14 +335,19 @@ class Broadcaster:
         given, every frame after it from history - or, when history does not cover it, a
         ``reset`` event (data ``{"lastEventId": ..., "reason": "not-in-history"}``) telling
         the client to reload its state - then live frames, with no gap and no duplicate.
+        ``subscription`` (default: every event without a tenant) filters both, and its
+        ``expires_at`` ends the stream with a ``credentials-expired`` event.
         """
         if self._state != "running":
             raise ClosedError("the broadcaster is not running; no new connections")
+        subscription = subscription or EVERYTHING
         connection = SseConnection(
             connection_id or f"conn-{next(self._connection_ids)}",
             max_queue=self.max_queue,
             write_timeout=self.write_timeout,
             metrics=self._metrics,
+            subscription=subscription,
+            expired=self._expired() if subscription.expires_at is not None else b"",
         )
         try:
             self.registry.add(connection)
@@ -296,7 +361,7 @@ class Broadcaster:
             prelude: list[bytes] = []
             if retry is not None:
                 prelude.append(self.encoder.encode(ServerSentEvent(retry=retry)))
-            replayed: set[str | None] = set()
+            already_sent = None
             if last_event_id:
                 missed: Sequence[Frame] | None = []
                 with anyio.CancelScope() as lookup:
@@ -306,9 +371,9 @@ class Broadcaster:
                 if missed is None:
                     prelude.append(self._reset(last_event_id, anchor))
                 else:
-                    prelude.extend(frame.data for frame in missed)
-                    replayed = {frame.id for frame in missed}
-            connection.release(b"".join(prelude), len(prelude) - (retry is not None), replayed)
+                    prelude.extend(frame.data for frame in self._visible(connection, missed))
+                    already_sent = self._already_sent(last_event_id, missed)
+            connection.release(b"".join(prelude), len(prelude) - (retry is not None), already_sent)
             if self._state != "running":
                 connection.close("server shutting down", final=self.goodbye())
             logger.debug("connection %s opened (last event id %r)", connection.id, last_event_id)
@@ -333,6 +398,48 @@ class Broadcaster:
                 missed = [frame for frame in rendered if frame is not None]
         return missed
 
+    def _visible(self, connection: SseConnection, frames: Sequence[Frame]) -> list[Frame]:
+        """The replayed ``frames`` this connection's subscription admits."""
+        subscription = connection.subscription
+        visible: list[Frame] = []
+        for frame in frames:
+            try:
+                if subscription.admits(frame):
+                    visible.append(frame)
+            except Exception:
+                logger.exception(
+                    "allow predicate of %r (id %s) failed for connection %s; not replayed",
+                    frame.event,
+                    frame.id,
+                    connection.id,
+                )
+                self._predicate_failed(frame, [connection.id])
+        return visible
+
+    def _already_sent(self, last_event_id: str, missed: Sequence[Frame]) -> Callable[[Frame], bool]:
+        """Whether a frame arriving live was part of the replay (or before it).
+
+        With a replayable bus this compares log positions: an instance whose reader is
+        behind the client's id (or behind what ``replay`` just read from the log) will
+        still deliver those entries live, and the client must not get them twice.
+        """
+        replayed = {frame.id for frame in missed}
+        bus = self.bus
+        if not isinstance(bus, ReplayableEventBus):
+            return lambda frame: frame.id in replayed
+        newest = missed[-1].id if missed and missed[-1].id is not None else last_event_id
+        floor = bus.position(newest)
+        if floor is None:
+            return lambda frame: frame.id in replayed
+
+        def already_sent(frame: Frame) -> bool:
+            if frame.id in replayed:
+                return True
+            position = bus.position(frame.id) if frame.id is not None else None
+            return position is not None and position <= floor
+
+        return already_sent
+
     def _closing(self) -> bool:
         return self._state == "closing"
 
@@ -352,6 +459,11 @@ class Broadcaster:
                 event="reset",
                 id=anchor or "",
             )
+        )
+
+    def _expired(self) -> bytes:
+        return self.encoder.encode(
+            ServerSentEvent.json({"reason": "credentials-expired"}, event="credentials-expired")
         )
 
     def goodbye(self) -> bytes:

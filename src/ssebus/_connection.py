@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Collection
+import time
+from collections.abc import Awaitable, Callable
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._frame import Frame
 from ._metrics import Metrics
+from ._subscription import EVERYTHING, Subscription
 
 __all__ = ["SseConnection", "Write"]
 
@@ -26,6 +28,8 @@ class SseConnection:
     queue means the client is not keeping up, and the connection is closed (evicted) so it
     reconnects and resumes from history instead of growing memory or slowing others down.
     Frames queued while the writer was busy are written together in one ``write``.
+    ``subscription`` says which frames the connection is offered; when it expires the
+    stream ends with ``expired`` (a final frame) instead of waiting for more.
     """
 
     def __init__(
@@ -35,8 +39,11 @@ class SseConnection:
         max_queue: int,
         write_timeout: float | None,
         metrics: Metrics,
+        subscription: Subscription = EVERYTHING,
+        expired: bytes = b"",
     ) -> None:
         self.id = connection_id
+        self.subscription = subscription
         self.write_timeout = write_timeout
         #: Why the connection closed, once it has (``"client disconnected"``, ...).
         self.close_reason: str | None = None
@@ -51,6 +58,8 @@ class SseConnection:
         self._final = b""
         self._scope: anyio.CancelScope | None = None
         self._aborted = False
+        self._expired = expired
+        self._already_sent: Callable[[Frame], bool] | None = None
 
     def __repr__(self) -> str:
         state = f"closed: {self.close_reason}" if self.close_reason else "open"
@@ -68,6 +77,10 @@ class SseConnection:
         if self._held is not None:
             self._held.append(frame)
             return len(self._held) <= self._max_queue
+        if self._already_sent is not None and frame.id is not None:
+            if self._already_sent(frame):
+                return True
+            self._already_sent = None
         try:
             self._sender.send_nowait(frame.data)
         except anyio.WouldBlock:
@@ -75,16 +88,22 @@ class SseConnection:
         return True
 
     def release(
-        self, prelude: bytes, frames: int = 0, replayed: Collection[str | None] = ()
+        self,
+        prelude: bytes,
+        frames: int = 0,
+        already_sent: Callable[[Frame], bool] | None = None,
     ) -> None:
         """Start live delivery: ``prelude`` first, then frames held since registration.
 
-        Held frames whose id is in ``replayed`` were already part of the replay and are
-        skipped, so the hand-over from history to live has neither gap nor duplicate.
+        ``already_sent(frame)`` says whether the replay in ``prelude`` covered a frame:
+        such frames are skipped, among the held ones and among live ones until the first
+        that is new, so the hand-over from history to live has neither gap nor duplicate.
         """
         held, self._held = self._held or [], None
-        fresh = [f.data for f in held if f.id not in replayed]
-        self._prelude = prelude + b"".join(fresh)
+        fresh = held if already_sent is None else [f for f in held if not already_sent(f)]
+        if already_sent is not None and not any(f.id is not None for f in fresh):
+            self._already_sent = already_sent
+        self._prelude = prelude + b"".join(f.data for f in fresh)
         self._prelude_frames = frames + len(fresh)
 
     def close(self, reason: str, *, final: bytes = b"") -> None:
@@ -119,8 +138,8 @@ class SseConnection:
         """Write the prelude and then every queued frame until the connection closes.
 
         A write that raises or outlasts ``write_timeout`` closes the connection; so does
-        :meth:`close`. Returns once nothing more will be written; never raises for a
-        client's failure.
+        :meth:`close`, and the subscription's ``expires_at`` passing. Returns once nothing
+        more will be written; never raises for a client's failure.
         """
         with anyio.CancelScope() as self._scope:
             if self._aborted:
@@ -129,18 +148,38 @@ class SseConnection:
                 prelude, self._prelude = self._prelude, b""
                 if not await self._write(write, prelude, frames=self._prelude_frames):
                     return
-            async for first in self._receiver:
-                batch = [first]
-                while True:
-                    try:
-                        batch.append(self._receiver.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                data = first if len(batch) == 1 else b"".join(batch)
-                if not await self._write(write, data, frames=len(batch)):
-                    return
-            if self._final:
+            expires_at = self.subscription.expires_at
+            deadline = None
+            if expires_at is not None:
+                deadline = anyio.current_time() + (expires_at - time.time())
+            if not await self._pump(write, deadline):
+                self.close("credentials expired", final=self._expired)
+                logger.info("connection %s: credentials expired", self.id)
+            if self._final and not self._aborted:
                 await self._write(write, self._final, frames=0)
+
+    async def _pump(self, write: Write, deadline: float | None) -> bool:
+        """Write queued frames as they come; False if ``deadline`` passed while waiting."""
+        while True:
+            try:
+                if deadline is None:
+                    first = await self._receiver.receive()
+                else:
+                    with anyio.CancelScope(deadline=deadline) as wait:
+                        first = await self._receiver.receive()
+                    if wait.cancelled_caught:
+                        return False
+            except anyio.EndOfStream:
+                return True
+            batch = [first]
+            while True:
+                try:
+                    batch.append(self._receiver.receive_nowait())
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
+            data = first if len(batch) == 1 else b"".join(batch)
+            if not await self._write(write, data, frames=len(batch)):
+                return True
 
     async def _write(self, write: Write, data: bytes, *, frames: int) -> bool:
         try:

@@ -29,6 +29,7 @@ class MetricsSnapshot:
     frames_sent: int
     write_errors: int
     evictions: int
+    predicate_errors: int
     broadcast_count: int
     broadcast_seconds_sum: float
     broadcast_seconds_max: float
@@ -42,7 +43,8 @@ class Metrics:
     """Mutable counters owned by one broadcaster; ``hook`` sees every change as it happens.
 
     Hook names: ``connections_opened``, ``connections_closed``, ``events_published``,
-    ``events_dropped``, ``frames_sent``, ``write_errors``, ``evictions`` (increments) and
+    ``events_dropped``, ``frames_sent``, ``write_errors``, ``evictions``, ``predicate_errors``
+    (increments) and
     ``broadcast_seconds`` (one observation per broadcast).
     """
 
@@ -54,6 +56,7 @@ class Metrics:
         self.frames_sent = 0
         self.write_errors = 0
         self.evictions = 0
+        self.predicate_errors = 0
         self.broadcast_count = 0
         self.broadcast_seconds_sum = 0.0
         self.broadcast_seconds_max = 0.0
@@ -68,6 +71,7 @@ class Metrics:
             frames_sent=self.frames_sent,
             write_errors=self.write_errors,
             evictions=self.evictions,
+            predicate_errors=self.predicate_errors,
             broadcast_count=self.broadcast_count,
             broadcast_seconds_sum=self.broadcast_seconds_sum,
             broadcast_seconds_max=self.broadcast_seconds_max,

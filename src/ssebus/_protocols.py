@@ -7,7 +7,7 @@ Any object with the right methods fits; the defaults are ``InMemoryEventBus``,
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from ._connection import SseConnection
     from ._event import ServerSentEvent
     from ._frame import Frame
+    from ._subscription import Subscription
 
 __all__ = [
     "EventHistory",
@@ -61,6 +62,13 @@ class ReplayableEventBus(IEventBus, Protocol):
     async def replay(self, after_id: str) -> Sequence[tuple[str, object]] | None:
         """Entries after ``after_id``, oldest first, or None when the log no longer has it."""
 
+    def position(self, event_id: str) -> tuple[int, ...] | None:
+        """Where ``event_id`` sits in the log, comparable with ``<``; None if not an entry id.
+
+        Lets the broadcaster drop live entries a resuming client already has, when this
+        instance's reader is still behind the id the client brings.
+        """
+
 
 @runtime_checkable
 class FrameEncoder(Protocol):
@@ -102,6 +110,12 @@ class ISseClientRegistry(Protocol):
     def snapshot(self) -> Sequence[SseConnection]:
         """The connections now, safe to iterate while others come and go."""
 
+    def select(self, tenant: str | None, topics: Collection[str]) -> Sequence[SseConnection]:
+        """The connections a frame of ``tenant`` and ``topics`` is for, as ``snapshot`` does.
+
+        Exactly those whose ``subscription.matches`` the frame, each once.
+        """
+
     def __len__(self) -> int:
         """How many connections are registered."""
 
@@ -119,5 +133,6 @@ class SseBroadcaster(Protocol):
         last_event_id: str | None = None,
         retry: int | None = None,
         connection_id: str | None = None,
+        subscription: Subscription | None = None,
     ) -> AbstractAsyncContextManager[SseConnection]:
         """Register a connection, replay what it missed, and remove it on exit."""

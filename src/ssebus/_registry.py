@@ -1,8 +1,8 @@
-"""``InMemoryClientRegistry``: the live connections of this process."""
+"""``InMemoryClientRegistry``: the live connections of this process, indexed by audience."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from ._connection import SseConnection
 from ._exceptions import ConfigurationError
@@ -10,13 +10,46 @@ from ._exceptions import ConfigurationError
 __all__ = ["InMemoryClientRegistry"]
 
 
+class _Bucket:
+    """Connections under one index key, with an immutable view rebuilt only after a change."""
+
+    __slots__ = ("_view", "members")
+
+    def __init__(self) -> None:
+        self.members: dict[str, SseConnection] = {}
+        self._view: tuple[SseConnection, ...] | None = ()
+
+    def add(self, connection: SseConnection) -> None:
+        self.members[connection.id] = connection
+        self._view = None
+
+    def discard(self, connection_id: str) -> None:
+        if self.members.pop(connection_id, None) is not None:
+            self._view = None
+
+    def view(self) -> tuple[SseConnection, ...]:
+        if self._view is None:
+            self._view = tuple(self.members.values())
+        return self._view
+
+
+#: The index key of connections that take every topic.
+_ALL_TOPICS = None
+_Index = dict[str | None, _Bucket]
+
+
 class InMemoryClientRegistry:
-    """Connections by id. ``snapshot`` is an immutable tuple, rebuilt only after a change,
-    so a broadcast iterates it safely while connections come and go."""
+    """Connections by id, and by tenant and topic so that a broadcast only visits the
+    connections its frame is for. Every view returned is an immutable tuple, so a
+    broadcast iterates it safely while connections come and go."""
 
     def __init__(self) -> None:
         self._connections: dict[str, SseConnection] = {}
-        self._snapshot: tuple[SseConnection, ...] | None = ()
+        self._everyone = _Bucket()
+        # topic (None: no topic filter) -> connections, over all tenants ...
+        self._by_topic: _Index = {}
+        # ... and within each tenant.
+        self._by_tenant: dict[str, _Index] = {}
 
     def __len__(self) -> int:
         return len(self._connections)
@@ -29,13 +62,27 @@ class InMemoryClientRegistry:
         if connection.id in self._connections:
             raise ConfigurationError("connection_id", connection.id, "is already registered")
         self._connections[connection.id] = connection
-        self._snapshot = None
+        self._everyone.add(connection)
+        for index, topic in self._keys(connection):
+            bucket = index.get(topic)
+            if bucket is None:
+                bucket = index[topic] = _Bucket()
+            bucket.add(connection)
 
     def remove(self, connection_id: str) -> SseConnection | None:
         """Forget the connection with ``connection_id``; None if it was not registered."""
         connection = self._connections.pop(connection_id, None)
-        if connection is not None:
-            self._snapshot = None
+        if connection is None:
+            return None
+        self._everyone.discard(connection_id)
+        for index, topic in self._keys(connection):
+            bucket = index[topic]
+            bucket.discard(connection_id)
+            if not bucket.members:
+                del index[topic]
+        tenant = connection.subscription.tenant
+        if tenant is not None and not self._by_tenant[tenant]:
+            del self._by_tenant[tenant]
         return connection
 
     def get(self, connection_id: str) -> SseConnection | None:
@@ -44,6 +91,37 @@ class InMemoryClientRegistry:
 
     def snapshot(self) -> Sequence[SseConnection]:
         """The registered connections at this moment."""
-        if self._snapshot is None:
-            self._snapshot = tuple(self._connections.values())
-        return self._snapshot
+        return self._everyone.view()
+
+    def select(self, tenant: str | None, topics: Collection[str]) -> Sequence[SseConnection]:
+        """The connections whose subscription matches a frame of ``tenant`` and ``topics``
+        (see ``Subscription.matches``), each once."""
+        index = self._by_topic if tenant is None else self._by_tenant.get(tenant)
+        if not index:
+            return ()
+        found = index.get(_ALL_TOPICS)
+        if not topics:
+            return found.view() if found is not None else ()
+        merged: dict[str, SseConnection] | None = None
+        for topic in topics:
+            bucket = index.get(topic)
+            if bucket is None:
+                continue
+            if found is None:
+                found = bucket
+                continue
+            if merged is None:
+                merged = dict(found.members)
+            merged.update(bucket.members)
+        if merged is not None:
+            return tuple(merged.values())
+        return found.view() if found is not None else ()
+
+    def _keys(self, connection: SseConnection) -> list[tuple[_Index, str | None]]:
+        subscription = connection.subscription
+        topics = subscription.topics if subscription.topics is not None else (_ALL_TOPICS,)
+        keys = [(self._by_topic, topic) for topic in topics]
+        if subscription.tenant is not None:
+            index = self._by_tenant.setdefault(subscription.tenant, {})
+            keys.extend((index, topic) for topic in topics)
+        return keys

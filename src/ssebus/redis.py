@@ -295,6 +295,10 @@ class RedisEventBus:
         """The id of the newest stream entry this bus has seen ("0-0" if none)."""
         return self._last_id or "0-0"
 
+    def position(self, event_id: str) -> tuple[int, int] | None:
+        """A stream id as ``(milliseconds, sequence)``, the order Redis gives entries in."""
+        return _parse_id(event_id)
+
     async def replay(self, after_id: str) -> Sequence[tuple[str, object]] | None:
         """The stream entries after ``after_id``, oldest first, decoded.
 
