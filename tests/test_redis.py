@@ -294,6 +294,44 @@ async def test_streams_client_resumes_on_another_instance_with_exactly_the_misse
         await redis.delete([name])
 
 
+async def test_streams_resume_on_an_instance_whose_reader_lags_sends_nothing_twice() -> None:
+    """B's reader is held at entry 2 while entries 3-5 are already in Redis. A client
+    resuming on B after entry 4 is replayed entry 5 from Redis; when B's reader catches
+    up, entries 3-5 arrive live and must not reach that client again."""
+    name = unique()
+    gate = anyio.Event()
+    client = Client()
+    with anyio.fail_after(15):
+        async with (
+            make_bus("streams", name) as bus_a,
+            make_bus("streams", name) as bus_b,
+            Broadcaster(bus_b, events, heartbeat=None) as broadcaster_b,
+        ):
+
+            async def hold_at_second_order(event: OrderPlaced) -> None:
+                if event.order_id == "o-2":
+                    await gate.wait()
+
+            bus_b.subscribe(OrderPlaced, hold_at_second_order)
+            for n in range(1, 6):
+                await bus_a.publish(OrderPlaced(f"o-{n}", n))
+            await eventually(lambda: broadcaster_b.metrics().events_published == 2)
+            async with raw_client() as redis:
+                ids = [str(entry.identifier) for entry in await redis.xrange(name, "-", "+")]
+            async with broadcaster_b.connect(last_event_id=ids[3]) as connection:
+                gate.set()
+                await eventually(lambda: bus_b.latest_id() == ids[4])
+                await bus_a.publish(OrderShipped("o-1"))
+                with anyio.move_on_after(0.5):
+                    await connection.run(client.write)
+    received = client.events()
+    assert [e.type for e in received] == ["order-placed", "order-shipped"]
+    assert received[0].last_event_id == ids[4]
+    assert json.loads(received[0].data) == {"orderId": "o-5", "total": 5}
+    async with raw_client() as redis:
+        await redis.delete([name])
+
+
 async def test_streams_replay_edge_cases() -> None:
     name = unique()
     with anyio.fail_after(15):
