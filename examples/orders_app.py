@@ -2,17 +2,24 @@
 
     python examples/orders_app.py --simulate        # then open http://127.0.0.1:8000/
 
+Each page belongs to one tenant (``/?tenant=acme``, ``/?tenant=globex``; ``/tenants``
+shows both side by side) and sees only that tenant's orders: the stream's ``authorize``
+hook turns the tenant in the URL into a ``Subscription``, and each event's route names
+its tenant. ``--simulate`` creates orders for both tenants.
+
 Two instances sharing one live feed through Redis (Streams: same ids everywhere, resume
 on either instance; ``--redis-mode pubsub`` for at-most-once fan-out):
 
     python examples/orders_app.py --port 8000 --redis redis://127.0.0.1:6379/0 --simulate
     python examples/orders_app.py --port 8001 --redis redis://127.0.0.1:6379/0
 
-GET  /                     the live page (plain HTML + EventSource)
-GET  /events               the event stream (resumes with Last-Event-ID)
-POST /orders               {"customer": "ana"}      -> OrderCreatedDomainEvent
+GET  /?tenant=acme         the live page (plain HTML + EventSource)
+GET  /tenants              two tenants' pages side by side
+GET  /events?tenant=acme   the event stream (resumes with Last-Event-ID); 403 for an
+                           unknown tenant, "acme" when none is given
+POST /orders               {"customer": "ana", "tenant": "acme"} -> OrderCreatedDomainEvent
 POST /orders/{id}/status   {"status": "shipped"}    -> OrderStatusChangedDomainEvent
-GET  /orders               every order and its status, to rebuild state after a reset
+GET  /orders?tenant=acme   a tenant's orders and their status, to rebuild state after a reset
 GET  /metrics              the broadcaster's metrics as JSON
 """
 
@@ -28,21 +35,32 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
 import anyio
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from ssebus import Broadcaster, EventMap, IEventBus, InMemoryEventBus, SseEndpoint
+from ssebus import (
+    Broadcaster,
+    EventMap,
+    IEventBus,
+    InMemoryEventBus,
+    Refusal,
+    Scope,
+    SseEndpoint,
+    Subscription,
+)
 
 if TYPE_CHECKING:
     from ssebus.redis import Mode, RedisEventBus
 
 PAGE = Path(__file__).with_name("orders_page.html")
 STATUSES = ["created", "paid", "packed", "shipped", "delivered"]
+TENANTS = ["acme", "globex"]
 
 
 # -- the domain: two events, published on the bus -------------------------------------------
@@ -53,6 +71,7 @@ class OrderCreatedDomainEvent:
     order_id: str
     customer: str
     status: str = "created"
+    tenant: str = TENANTS[0]
 
 
 @dataclass(frozen=True)
@@ -60,6 +79,7 @@ class OrderStatusChangedDomainEvent:
     order_id: str
     old_status: str
     new_status: str
+    tenant: str = TENANTS[0]
 
 
 class Orders:
@@ -69,6 +89,7 @@ class Orders:
         self.bus = bus
         self.status: dict[str, str] = {}
         self.customer: dict[str, str] = {}
+        self.tenant: dict[str, str] = {}
         self._numbers = itertools.count(1001)
         self._prefix = prefix
 
@@ -78,6 +99,7 @@ class Orders:
         async def created(event: OrderCreatedDomainEvent) -> None:
             self.status.setdefault(event.order_id, event.status)
             self.customer.setdefault(event.order_id, event.customer)
+            self.tenant.setdefault(event.order_id, event.tenant)
 
         async def changed(event: OrderStatusChangedDomainEvent) -> None:
             self.status[event.order_id] = event.new_status
@@ -85,32 +107,58 @@ class Orders:
         self.bus.subscribe(OrderCreatedDomainEvent, created)
         self.bus.subscribe(OrderStatusChangedDomainEvent, changed)
 
-    async def create(self, customer: str) -> str:
+    async def create(self, customer: str, tenant: str = TENANTS[0]) -> str:
         order_id = f"{self._prefix}-{next(self._numbers)}"
         self.status[order_id] = "created"
         self.customer[order_id] = customer
-        await self.bus.publish(OrderCreatedDomainEvent(order_id, customer))
+        self.tenant[order_id] = tenant
+        await self.bus.publish(OrderCreatedDomainEvent(order_id, customer, tenant=tenant))
         return order_id
 
     async def change_status(self, order_id: str, new_status: str) -> None:
         old_status = self.status[order_id]
         self.status[order_id] = new_status
-        await self.bus.publish(OrderStatusChangedDomainEvent(order_id, old_status, new_status))
+        await self.bus.publish(
+            OrderStatusChangedDomainEvent(
+                order_id, old_status, new_status, tenant=self.tenant[order_id]
+            )
+        )
 
 
-# -- how domain events become SSE events ----------------------------------------------------
+# -- how domain events become SSE events, and who receives them --------------------------
 
 events = EventMap()
 
 
-@events.on(OrderCreatedDomainEvent, "order-created")
+def tenant_of(event: OrderCreatedDomainEvent | OrderStatusChangedDomainEvent) -> str:
+    return event.tenant
+
+
+@events.on(OrderCreatedDomainEvent, "order-created", tenant=tenant_of, topics=["order:{orderId}"])
 def order_created(event: OrderCreatedDomainEvent) -> dict[str, Any]:
     return {"orderId": event.order_id, "status": event.status, "customer": event.customer}
 
 
-@events.on(OrderStatusChangedDomainEvent, "order-status-changed")
+@events.on(
+    OrderStatusChangedDomainEvent,
+    "order-status-changed",
+    tenant=tenant_of,
+    topics=["order:{orderId}"],
+)
 def order_status_changed(event: OrderStatusChangedDomainEvent) -> dict[str, Any]:
     return {"orderId": event.order_id, "oldStatus": event.old_status, "newStatus": event.new_status}
+
+
+async def authorize(scope: Scope) -> Subscription | Refusal:
+    """The stream's tenant comes from ``?tenant=`` (a real app would read a session or token)."""
+    tenant = _query(scope).get("tenant", TENANTS[0])
+    if tenant not in TENANTS:
+        return Refusal(403, f"unknown tenant {tenant!r}")
+    return Subscription(tenant=tenant)
+
+
+def _query(scope: Scope) -> dict[str, str]:
+    return dict(parse_qsl(bytes(scope.get("query_string", b"")).decode("latin-1")))
 
 
 # -- the web app ----------------------------------------------------------------------------
@@ -122,8 +170,8 @@ async def simulate(orders: Orders) -> None:
     while True:
         await anyio.sleep(random.uniform(0.5, 1.5))
         open_orders = [o for o, s in orders.status.items() if s != STATUSES[-1]]
-        if len(open_orders) < 3 or random.random() < 0.4:
-            await orders.create(random.choice(customers))
+        if len(open_orders) < 3 * len(TENANTS) or random.random() < 0.4:
+            await orders.create(random.choice(customers), random.choice(TENANTS))
         else:
             order_id = random.choice(open_orders)
             next_status = STATUSES[STATUSES.index(orders.status[order_id]) + 1]
@@ -138,6 +186,11 @@ def redis_bus(url: str, mode: Mode = "streams") -> RedisEventBus:
     bus.register(OrderCreatedDomainEvent)
     bus.register(OrderStatusChangedDomainEvent)
     return bus
+
+
+SIDE_BY_SIDE = """<!doctype html><meta charset="utf-8"><title>ssebus · two tenants</title>
+<style>body {{ margin: 0; display: flex; }} iframe {{ flex: 1; height: 100vh; border: 0;
+border-right: 1px solid #ccc; }}</style>{frames}"""
 
 
 def build_app(
@@ -161,13 +214,22 @@ def build_app(
     async def page(request: Request) -> Response:
         return FileResponse(PAGE, media_type="text/html")
 
+    async def side_by_side(request: Request) -> Response:
+        frames = "".join(f'<iframe src="/?tenant={t}" title="{t}"></iframe>' for t in TENANTS)
+        return HTMLResponse(SIDE_BY_SIDE.format(frames=frames))
+
     async def create_order(request: Request) -> Response:
         body = await request.json()
-        customer = body.get("customer") if isinstance(body, dict) else None
+        if not isinstance(body, dict):
+            return JSONResponse({"error": "body: a JSON object is required"}, 422)
+        customer = body.get("customer")
         if not isinstance(customer, str) or not customer:
             return JSONResponse({"error": "customer: a non-empty string is required"}, 422)
-        order_id = await orders.create(customer)
-        return JSONResponse({"orderId": order_id, "status": "created"}, 201)
+        tenant = body.get("tenant", TENANTS[0])
+        if tenant not in TENANTS:
+            return JSONResponse({"error": f"tenant: one of {TENANTS} is required"}, 422)
+        order_id = await orders.create(customer, tenant)
+        return JSONResponse({"orderId": order_id, "status": "created", "tenant": tenant}, 201)
 
     async def change_status(request: Request) -> Response:
         order_id = request.path_params["order_id"]
@@ -181,10 +243,12 @@ def build_app(
         return JSONResponse({"orderId": order_id, "status": status})
 
     async def list_orders(request: Request) -> Response:
+        tenant = request.query_params.get("tenant", TENANTS[0])
         return JSONResponse(
             [
                 {"orderId": order_id, "status": status, "customer": orders.customer[order_id]}
                 for order_id, status in orders.status.items()
+                if orders.tenant[order_id] == tenant
             ]
         )
 
@@ -206,7 +270,8 @@ def build_app(
     app = Starlette(
         routes=[
             Route("/", page),
-            Route("/events", SseEndpoint(broadcaster, retry=1000)),
+            Route("/tenants", side_by_side),
+            Route("/events", SseEndpoint(broadcaster, retry=1000, authorize=authorize)),
             Route("/orders", create_order, methods=["POST"]),
             Route("/orders", list_orders, methods=["GET"]),
             Route("/orders/{order_id}/status", change_status, methods=["POST"]),

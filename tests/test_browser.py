@@ -7,6 +7,9 @@
   loses its stream on the server's side; events published while the browser is away reach
   it after ``EventSource`` reconnects with ``Last-Event-ID``: every event exactly once, in
   order, and no ``reset``.
+* Tenants: the demo's ``/tenants`` page shows ``/?tenant=acme`` and ``/?tenant=globex``
+  side by side while ``--simulate`` creates orders for both; each sees only its own
+  (screenshot ``artifacts/browser-tenants.png``).
 
 Skipped when ``/usr/bin/chromium`` is missing, unless ``SSEBUS_REQUIRE_BROWSER=1``, which
 turns the skip into a failure. Every wait is bounded (Playwright and httpx timeouts).
@@ -22,7 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Request, sync_playwright
+from playwright.sync_api import Browser, Frame, Page, Request, sync_playwright
 from servers import ROOT, ServerProcess, serve_app, serve_demo
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -87,8 +90,10 @@ def open_page(page: Page, server: ServerProcess) -> None:
     page.wait_for_function("document.getElementById('state').textContent === 'connected'")
 
 
-def create_order(http: httpx.Client, server: ServerProcess, customer: str) -> str:
-    response = http.post(f"{server.url}/orders", json={"customer": customer})
+def create_order(
+    http: httpx.Client, server: ServerProcess, customer: str, tenant: str = "acme"
+) -> str:
+    response = http.post(f"{server.url}/orders", json={"customer": customer, "tenant": tenant})
     assert response.status_code == 201, response.text
     order_id = response.json()["orderId"]
     assert isinstance(order_id, str)
@@ -232,3 +237,65 @@ def test_browser_resumes_after_a_server_side_disconnect_with_every_event_exactly
         assert "last-event-id" not in first
         assert resumed["last-event-id"] == before[-1]["id"]
         page.close()
+
+
+def test_two_tenants_pages_side_by_side_each_see_only_their_own_orders(
+    page: Page, http: httpx.Client
+) -> None:
+    with serve_demo("--simulate") as server:
+        page.goto(f"{server.url}/tenants")
+        frames = {tenant: page.frame_locator(f"iframe[title={tenant}]") for tenant in TENANTS}
+        for tenant, frame in frames.items():
+            frame.locator("#state", has_text="connected").wait_for()
+            assert frame.locator("#tenant").inner_text() == tenant
+        # Besides the simulated orders, one order of each tenant made through the API.
+        mine = {
+            tenant: create_order(http, server, f"{tenant}-customer", tenant) for tenant in TENANTS
+        }
+        pages = {tenant: tenant_page(page, tenant) for tenant in TENANTS}
+        for tenant, frame in pages.items():
+            frame.wait_for_function(
+                "id => window.received.some(e => JSON.parse(e.data).orderId === id)",
+                arg=mine[tenant],
+            )
+            # ... and simulated ones (about one per second, over both tenants).
+            frame.wait_for_function("window.received.length >= 3", timeout=30_000)
+
+        owned = {tenant: orders_of(http, server, tenant) for tenant in TENANTS}
+        assert not owned["acme"] & owned["globex"]
+        for tenant, frame in pages.items():
+            seen = {
+                json.loads(event["data"])["orderId"] for event in frame.evaluate("window.received")
+            }
+            assert seen <= owned[tenant], f"{tenant} saw another tenant's orders"
+            assert mine[tenant] in seen
+            assert not seen & owned[other(tenant)]
+        page.wait_for_timeout(900)  # let the row highlight fade for the picture
+        page.screenshot(path=str(SCREENSHOT.with_name("browser-tenants.png")))
+        page.close()
+
+
+def test_the_stream_of_an_unknown_tenant_is_refused_before_it_starts(http: httpx.Client) -> None:
+    with serve_demo() as server:
+        response = http.get(f"{server.url}/events", params={"tenant": "initech"})
+        assert response.status_code == 403
+        assert "initech" in response.text
+
+
+TENANTS = ["acme", "globex"]
+
+
+def other(tenant: str) -> str:
+    return TENANTS[1 - TENANTS.index(tenant)]
+
+
+def tenant_page(page: Page, tenant: str) -> Frame:
+    frame = page.frame(url=lambda url: url.endswith(f"?tenant={tenant}"))
+    assert frame is not None
+    return frame
+
+
+def orders_of(http: httpx.Client, server: ServerProcess, tenant: str) -> set[str]:
+    response = http.get(f"{server.url}/orders", params={"tenant": tenant})
+    response.raise_for_status()
+    return {order["orderId"] for order in response.json()}

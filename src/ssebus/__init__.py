@@ -36,6 +36,7 @@ from ._protocols import (
 )
 from ._registry import InMemoryClientRegistry
 from ._subscription import Subscription
+from ._types import Scope
 
 __all__ = [
     "Authorize",
@@ -67,6 +68,7 @@ __all__ = [
     "ServerSentEvent",
     "SseBroadcaster",
     "SseBusError",
+    "Scope",
     "SseConnection",
     "Subscription",
     "StandardFrameEncoder",
