@@ -244,10 +244,10 @@ def test_two_tenants_pages_side_by_side_each_see_only_their_own_orders(
 ) -> None:
     with serve_demo("--simulate") as server:
         page.goto(f"{server.url}/tenants")
-        frames = {tenant: page.frame_locator(f"iframe[title={tenant}]") for tenant in TENANTS}
-        for tenant, frame in frames.items():
-            frame.locator("#state", has_text="connected").wait_for()
-            assert frame.locator("#tenant").inner_text() == tenant
+        for tenant in TENANTS:
+            shown = page.frame_locator(f"iframe[title={tenant}]")
+            shown.locator("#state", has_text="connected").wait_for()
+            assert shown.locator("#tenant").inner_text() == tenant
         # Besides the simulated orders, one order of each tenant made through the API.
         mine = {
             tenant: create_order(http, server, f"{tenant}-customer", tenant) for tenant in TENANTS
