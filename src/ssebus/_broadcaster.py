@@ -132,6 +132,8 @@ class Broadcaster:
         self._state = "running"
         if self.heartbeat is not None:
             tasks.start_soon(self._heartbeat_loop, self.heartbeat)
+        if self.write_timeout is not None:
+            tasks.start_soon(self._write_watchdog, self.write_timeout)
         return self
 
     async def __aexit__(
@@ -317,6 +319,19 @@ class Broadcaster:
                 for connection in self.registry.snapshot():
                     if not connection.offer(frame):
                         self._evict(connection)
+
+    async def _write_watchdog(self, timeout: float) -> None:
+        """Abort connections whose write has taken longer than ``timeout``.
+
+        One sweep every ``timeout / 4`` (at most 1 s) instead of a timer per write: a
+        write costs two clock reads, and a stuck client goes within 1.25 x ``timeout``.
+        """
+        interval = min(timeout / 4, 1.0)
+        while True:
+            await anyio.sleep(interval)
+            now = time.monotonic()
+            for connection in self.registry.snapshot():
+                connection.check_write(now)
 
     # -- connections -----------------------------------------------------------------------
 

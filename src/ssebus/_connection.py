@@ -7,7 +7,6 @@ import time
 from collections.abc import Awaitable, Callable
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._frame import Frame
 from ._metrics import Metrics
@@ -44,20 +43,24 @@ class SseConnection:
     ) -> None:
         self.id = connection_id
         self.subscription = subscription
+        #: Seconds one write may take; enforced by :meth:`check_write` (the broadcaster's
+        #: watchdog calls it), so a write costs no timer of its own.
         self.write_timeout = write_timeout
         #: Why the connection closed, once it has (``"client disconnected"``, ...).
         self.close_reason: str | None = None
         self._max_queue = max_queue
         self._metrics = metrics
-        self._sender: MemoryObjectSendStream[bytes]
-        self._receiver: MemoryObjectReceiveStream[bytes]
-        self._sender, self._receiver = anyio.create_memory_object_stream[bytes](max_queue)
+        # The queue is a plain list the writer swaps out whole: one wake-up, one write.
+        self._queue: list[bytes] = []
+        self._wakeup: anyio.Event | None = None
+        self._closing = False
         self._held: list[Frame] | None = []
         self._prelude = b""
         self._prelude_frames = 0
         self._final = b""
         self._scope: anyio.CancelScope | None = None
         self._aborted = False
+        self._writing_since: float | None = None
         self._expired = expired
         self._already_sent: Callable[[Frame], bool] | None = None
 
@@ -72,7 +75,7 @@ class SseConnection:
 
     def offer(self, frame: Frame) -> bool:
         """Queue ``frame`` without waiting; False when the queue is full (the client lags)."""
-        if self.close_reason is not None:
+        if self._closing:
             return True
         if self._held is not None:
             self._held.append(frame)
@@ -81,10 +84,13 @@ class SseConnection:
             if self._already_sent(frame):
                 return True
             self._already_sent = None
-        try:
-            self._sender.send_nowait(frame.data)
-        except anyio.WouldBlock:
+        queue = self._queue
+        if len(queue) >= self._max_queue:
             return False
+        queue.append(frame.data)
+        if self._wakeup is not None:
+            self._wakeup.set()
+            self._wakeup = None
         return True
 
     def release(
@@ -112,12 +118,13 @@ class SseConnection:
             return
         self.close_reason = reason
         self._final = final
-        self._sender.close()
+        self._stop()
 
     def dispose(self) -> None:
         """Free the queue once nothing will run the connection any more."""
         self.abort(self.close_reason or "stream ended")
-        self._receiver.close()
+        self._queue = []
+        self._held = None
 
     def guard(self, scope: anyio.CancelScope | None) -> None:
         """Let :meth:`abort` cancel ``scope`` (work done for this connection before ``run``)."""
@@ -129,10 +136,24 @@ class SseConnection:
         """Close the stream now: nothing more is written, a write in progress is cancelled."""
         if self.close_reason is None:
             self.close_reason = reason
-        self._sender.close()
         self._aborted = True
+        self._stop()
         if self._scope is not None:
             self._scope.cancel()
+
+    def check_write(self, now: float) -> None:
+        """Abort the connection if a write started before ``now - write_timeout``
+        (``now`` from ``time.monotonic()``)."""
+        started = self._writing_since
+        timeout = self.write_timeout
+        if started is not None and timeout is not None and now - started > timeout:
+            self._write_failed(f"write timed out after {timeout} s")
+
+    def _stop(self) -> None:
+        self._closing = True
+        if self._wakeup is not None:
+            self._wakeup.set()
+            self._wakeup = None
 
     async def run(self, write: Write) -> None:
         """Write the prelude and then every queued frame until the connection closes.
@@ -149,47 +170,48 @@ class SseConnection:
                 if not await self._write(write, prelude, frames=self._prelude_frames):
                     return
             expires_at = self.subscription.expires_at
-            deadline = None
-            if expires_at is not None:
-                deadline = anyio.current_time() + (expires_at - time.time())
-            if not await self._pump(write, deadline):
+            if expires_at is None:
+                await self._pump(write)
+            elif not await self._pump(write, expires_at - time.time()):
                 self.close("credentials expired", final=self._expired)
                 logger.info("connection %s: credentials expired", self.id)
             if self._final and not self._aborted:
                 await self._write(write, self._final, frames=0)
 
-    async def _pump(self, write: Write, deadline: float | None) -> bool:
-        """Write queued frames as they come; False if ``deadline`` passed while waiting."""
-        while True:
-            try:
-                if deadline is None:
-                    first = await self._receiver.receive()
+    async def _pump(self, write: Write, remaining: float | None = None) -> bool:
+        """Write queued frames as they come; False once ``remaining`` seconds have passed."""
+        if remaining is not None:
+            expires = time.monotonic() + remaining
+            deadline = anyio.current_time() + remaining  # on the event loop's own clock
+        while not self._aborted:
+            if remaining is not None and time.monotonic() >= expires:
+                return False
+            if not self._queue:
+                if self._closing:
+                    return True
+                wakeup = self._wakeup = anyio.Event()
+                if remaining is None:
+                    await wakeup.wait()
                 else:
-                    with anyio.CancelScope(deadline=deadline) as wait:
-                        first = await self._receiver.receive()
-                    if wait.cancelled_caught:
-                        return False
-            except anyio.EndOfStream:
-                return True
-            batch = [first]
-            while True:
-                try:
-                    batch.append(self._receiver.receive_nowait())
-                except (anyio.WouldBlock, anyio.EndOfStream):
-                    break
-            data = first if len(batch) == 1 else b"".join(batch)
+                    with anyio.CancelScope(deadline=deadline):
+                        await wakeup.wait()
+                continue
+            batch, self._queue = self._queue, []
+            data = batch[0] if len(batch) == 1 else b"".join(batch)
             if not await self._write(write, data, frames=len(batch)):
                 return True
+        return True
 
     async def _write(self, write: Write, data: bytes, *, frames: int) -> bool:
+        self._writing_since = time.monotonic()
         try:
-            with anyio.fail_after(self.write_timeout):
-                await write(data)
-        except TimeoutError:
-            self._write_failed(f"write timed out after {self.write_timeout} s")
-            return False
+            await write(data)
         except Exception as exc:
             self._write_failed(f"write failed: {exc!r}")
+            return False
+        finally:
+            self._writing_since = None
+        if self._aborted:
             return False
         if frames:
             self._metrics.frames_sent += frames
@@ -197,6 +219,8 @@ class SseConnection:
         return True
 
     def _write_failed(self, reason: str) -> None:
+        if self._aborted:
+            return
         self._metrics.write_errors += 1
         self._metrics.emit("write_errors", 1)
         self.abort(reason)

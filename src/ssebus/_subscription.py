@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -22,16 +22,16 @@ class Subscription:
 
     * ``tenant``: the connection receives events of this tenant and events with no tenant,
       never another tenant's. None receives only events with no tenant.
-    * ``topics``: None receives every topic (of its tenant); a set receives only events
-      that carry at least one of these topics - so an event with no topics reaches only
-      connections without a topic filter.
+    * ``topics``: None receives every topic (of its tenant); a collection (kept as a
+      frozenset) receives only events that carry at least one of these topics - so an
+      event with no topics reaches only connections without a topic filter.
     * ``attributes``: anything else a route's ``allow`` predicate needs (user id, roles).
     * ``expires_at``: Unix time at which the credentials run out; the stream is then
       closed with a final ``credentials-expired`` event so the client re-authenticates.
     """
 
     tenant: str | None = None
-    topics: frozenset[str] | None = None
+    topics: Collection[str] | None = None
     attributes: Mapping[str, Any] = field(default_factory=dict)
     expires_at: float | None = None
 
@@ -59,7 +59,7 @@ class Subscription:
         """
         if frame.tenant is not None and frame.tenant != self.tenant:
             return False
-        return self.topics is None or not self.topics.isdisjoint(frame.topics)
+        return self.topics is None or not frame.topics.isdisjoint(self.topics)
 
     def admits(self, frame: Frame) -> bool:
         """:meth:`matches` and the frame's ``allow`` predicate; raises what the predicate raises."""
