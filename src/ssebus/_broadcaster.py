@@ -35,7 +35,7 @@ from ._protocols import (
     Unsubscribe,
 )
 from ._registry import InMemoryClientRegistry
-from ._subscription import EVERYTHING, Subscription
+from ._subscription import EVERYTHING, Subscription, topic_set
 
 __all__ = ["Broadcaster"]
 
@@ -242,8 +242,14 @@ class Broadcaster:
                 retry=message.retry,
                 comment=message.comment,
             )
+        if tenant is not None and not isinstance(tenant, str):
+            raise ConfigurationError("tenant", tenant, "must be a str or None")
         frame = Frame(
-            message.id, message.event, self.encoder.encode(message), tenant, frozenset(topics)
+            message.id,
+            message.event,
+            self.encoder.encode(message),
+            tenant,
+            topic_set("topics", topics),
         )
         self._fan_out(frame)
         return frame
@@ -259,23 +265,19 @@ class Broadcaster:
                 if not connection.offer(frame):
                     self._evict(connection)
         else:
-            for connection in self._admitted(frame, targets):
-                if not connection.offer(frame):
-                    self._evict(connection)
+            self._offer_allowed(frame, targets)
         self._metrics.events_published += 1
         self._metrics.emit("events_published", 1)
         self._metrics.observe_broadcast(time.perf_counter() - started)
 
-    def _admitted(self, frame: Frame, targets: Sequence[SseConnection]) -> list[SseConnection]:
-        """The ``targets`` that ``frame.allow`` admits; a predicate error means "no"."""
-        admitted: list[SseConnection] = []
+    def _offer_allowed(self, frame: Frame, targets: Sequence[SseConnection]) -> None:
+        """Offer ``frame`` to the ``targets`` its ``allow`` admits; an error means "no"."""
         allow = frame.allow
         assert allow is not None
         failed: list[str] = []
         for connection in targets:
             try:
-                if allow(connection.subscription) is True:
-                    admitted.append(connection)
+                admitted = allow(connection.subscription) is True
             except Exception:
                 if not failed:
                     logger.exception(
@@ -285,9 +287,11 @@ class Broadcaster:
                         connection.id,
                     )
                 failed.append(connection.id)
+                continue
+            if admitted and not connection.offer(frame):
+                self._evict(connection)
         if failed:
             self._predicate_failed(frame, failed)
-        return admitted
 
     def _predicate_failed(self, frame: Frame, connection_ids: Sequence[str]) -> None:
         self._metrics.predicate_errors += len(connection_ids)
@@ -320,13 +324,13 @@ class Broadcaster:
                     if not connection.offer(frame):
                         self._evict(connection)
 
-    async def _write_watchdog(self, timeout: float) -> None:
-        """Abort connections whose write has taken longer than ``timeout``.
+    async def _write_watchdog(self, limit: float) -> None:
+        """Abort connections whose write has taken longer than ``limit`` seconds.
 
-        One sweep every ``timeout / 4`` (at most 1 s) instead of a timer per write: a
-        write costs two clock reads, and a stuck client goes within 1.25 x ``timeout``.
+        One sweep every ``limit / 4`` (at most 1 s) instead of a timer per write: a
+        write costs two clock reads, and a stuck client goes within 1.25 x ``limit``.
         """
-        interval = min(timeout / 4, 1.0)
+        interval = min(limit / 4, 1.0)
         while True:
             await anyio.sleep(interval)
             now = time.monotonic()

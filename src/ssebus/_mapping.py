@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -125,7 +126,9 @@ class EventMap:
             raise ConfigurationError("payload", payload, "must be callable")
         if event_type in self._routes:
             raise ConfigurationError("event_type", event_type, "already has a route")
-        if tenant is not None and not isinstance(tenant, str) and not callable(tenant):
+        if isinstance(tenant, str):
+            _check_template("tenant", tenant)
+        elif tenant is not None and not callable(tenant):
             raise ConfigurationError("tenant", tenant, "must be a template str or a function")
         if allow is not None and not callable(allow):
             raise ConfigurationError("allow", allow, "must be callable")
@@ -179,4 +182,19 @@ def _topics_spec(
     for template in templates:
         if not isinstance(template, str):
             raise ConfigurationError("topics", template, "each topic template must be a str")
+        _check_template("topics", template)
     return templates
+
+
+def _check_template(setting: str, template: str) -> None:
+    """Refuse now a template no payload could fill: bad braces, or positional fields."""
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise ConfigurationError(setting, template, f"is not a valid template: {exc}") from None
+    for name in fields:
+        key = name.split(".", 1)[0].split("[", 1)[0]
+        if not key or key.isdigit():
+            raise ConfigurationError(
+                setting, template, "fields must name a payload key, like {orderId}"
+            )

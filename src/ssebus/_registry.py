@@ -99,23 +99,20 @@ class InMemoryClientRegistry:
         index = self._by_topic if tenant is None else self._by_tenant.get(tenant)
         if not index:
             return ()
-        found = index.get(_ALL_TOPICS)
-        if not topics:
-            return found.view() if found is not None else ()
-        merged: dict[str, SseConnection] | None = None
-        for topic in topics:
-            bucket = index.get(topic)
-            if bucket is None:
-                continue
-            if found is None:
-                found = bucket
-                continue
-            if merged is None:
-                merged = dict(found.members)
-            merged.update(bucket.members)
-        if merged is not None:
-            return tuple(merged.values())
-        return found.view() if found is not None else ()
+        # A connection sits under its topics or under _ALL_TOPICS, never both: only the
+        # topic buckets can overlap.
+        everyone = index.get(_ALL_TOPICS)
+        buckets = [bucket for topic in topics if (bucket := index.get(topic)) is not None]
+        if not buckets:
+            return everyone.view() if everyone is not None else ()
+        if len(buckets) == 1:
+            topical = buckets[0].view()
+        else:
+            merged: dict[str, SseConnection] = {}
+            for bucket in buckets:
+                merged.update(bucket.members)
+            topical = tuple(merged.values())
+        return topical if everyone is None else everyone.view() + topical
 
     def _keys(self, connection: SseConnection) -> list[tuple[_Index, str | None]]:
         subscription = connection.subscription

@@ -32,14 +32,14 @@ class Subscription:
 
     tenant: str | None = None
     topics: Collection[str] | None = None
-    attributes: Mapping[str, Any] = field(default_factory=dict)
+    attributes: Mapping[str, Any] = field(default_factory=dict, hash=False)
     expires_at: float | None = None
 
     def __post_init__(self) -> None:
         if self.tenant is not None and not isinstance(self.tenant, str):
             raise ConfigurationError("tenant", self.tenant, "must be a str or None")
         if self.topics is not None:
-            object.__setattr__(self, "topics", _topic_set("topics", self.topics))
+            object.__setattr__(self, "topics", topic_set("topics", self.topics))
         if not isinstance(self.attributes, Mapping):
             raise ConfigurationError("attributes", self.attributes, "must be a mapping")
         object.__setattr__(self, "attributes", MappingProxyType(dict(self.attributes)))
@@ -70,7 +70,7 @@ class Subscription:
 EVERYTHING = Subscription()
 
 
-def _topic_set(name: str, topics: Iterable[str]) -> frozenset[str]:
+def topic_set(name: str, topics: Iterable[str]) -> frozenset[str]:
     if isinstance(topics, str):
         raise ConfigurationError(name, topics, "must be a collection of str, not one str")
     try:

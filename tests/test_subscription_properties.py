@@ -1,0 +1,437 @@
+"""Properties of subscriptions, checked on random connections and random events.
+
+The promise: **every connection receives exactly the events its subscription admits, in
+publish order, exactly once** - live, and when it resumes from any id it may bring (the
+matching events after that id, then the matching live ones, with no gap or duplicate).
+
+"Admits" is written out here as a plain model, independently of ``Subscription.matches``:
+an event with a tenant is for that tenant only, one without is for every tenant; a
+connection without a topic filter takes every topic, one with a topic set takes the events
+carrying at least one of them; a ``Restricted`` event also needs the connection's ``role``
+attribute to equal the event's role (its ``allow`` predicate raises ``KeyError`` for a
+connection without a role, which must count as "no").
+
+Run on ``InMemoryEventBus`` with many examples, and on ``RedisEventBus`` in streams mode
+with a few (each costs Redis round trips): there, the live connections are on one instance
+and the resuming ones on a second instance started later, so their replay comes from the
+Redis stream while that instance's own reader may still be catching up.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+import anyio
+import anyio.abc
+import coredis
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ssebus import (
+    Broadcaster,
+    EventMap,
+    Frame,
+    IEventBus,
+    InMemoryClientRegistry,
+    InMemoryEventBus,
+    SseConnection,
+    Subscription,
+    delivery_id,
+)
+from ssebus._metrics import Metrics
+from ssebus.redis import RedisEventBus
+from ssebus.testing import parse_events
+
+pytestmark = pytest.mark.anyio
+
+GUARD = 5.0  # seconds; only a guard against hangs (short: a failing example shrinks)
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+TENANTS = [None, "acme", "globex"]
+TOPICS = ["t1", "t2", "t3"]
+ROLES = ["admin", "staff"]
+
+
+# --- the domain and the model --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Posted:
+    """An event for ``tenant`` (None: every tenant) on ``topics``."""
+
+    n: int
+    tenant: str | None
+    topics: Sequence[str]
+
+
+@dataclass(frozen=True)
+class Restricted:
+    """Like ``Posted``, and only for connections whose ``role`` attribute is ``role``."""
+
+    n: int
+    tenant: str | None
+    topics: Sequence[str]
+    role: str
+
+
+Event = Posted | Restricted
+
+
+def role_matches(event: Restricted, subscription: Subscription) -> bool:
+    return bool(subscription.attributes["role"] == event.role)  # KeyError without a role
+
+
+def property_events() -> EventMap:
+    events = EventMap()
+    events.add(
+        Posted, "posted", lambda e: {"n": e.n}, tenant=lambda e: e.tenant, topics=lambda e: e.topics
+    )
+    events.add(
+        Restricted,
+        "restricted",
+        lambda e: {"n": e.n},
+        tenant=lambda e: e.tenant,
+        topics=lambda e: e.topics,
+        allow=role_matches,
+    )
+    return events
+
+
+def reaches(subscription: Subscription, event: Event) -> bool:
+    """Tenant and topics: whether ``event`` is for a connection with ``subscription``."""
+    if event.tenant is not None and event.tenant != subscription.tenant:
+        return False
+    return subscription.topics is None or not set(subscription.topics).isdisjoint(event.topics)
+
+
+def admits(subscription: Subscription, event: Event) -> bool:
+    """The model of who receives what."""
+    if not reaches(subscription, event):
+        return False
+    return not isinstance(event, Restricted) or subscription.attributes.get("role") == event.role
+
+
+subscriptions = st.builds(
+    Subscription,
+    tenant=st.sampled_from(TENANTS),
+    topics=st.none() | st.frozensets(st.sampled_from(TOPICS)),
+    attributes=st.sampled_from([{}, {"role": "admin"}, {"role": "staff"}]),
+)
+#: (tenant, topics, role): a ``Restricted`` event when it has a role, else a ``Posted`` one.
+event_specs = st.tuples(
+    st.sampled_from(TENANTS),
+    st.lists(st.sampled_from(TOPICS), max_size=3, unique=True),
+    st.none() | st.sampled_from(ROLES),
+)
+
+
+def build(specs: Sequence[tuple[str | None, list[str], str | None]]) -> list[Event]:
+    """The events of ``specs``; event ``n`` is the n-th published."""
+    return [
+        Posted(n, tenant, topics) if role is None else Restricted(n, tenant, topics, role)
+        for n, (tenant, topics, role) in enumerate(specs)
+    ]
+
+
+# --- connections ---------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Stream:
+    """One connection: its subscription, where it resumed from, and what it wrote."""
+
+    subscription: Subscription
+    #: Index of the last event it already had (-1: none, resumes from the start), or None
+    #: when it connected without a last event id.
+    resume_after: int | None = None
+    #: How many events were published when it connected.
+    joined_at: int = 0
+    writes: list[bytes] = field(default_factory=list)
+
+    async def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def received(self) -> list[tuple[str, int]]:
+        """(id, n) of every event dispatched, as a browser sees them."""
+        events = parse_events(b"".join(self.writes))
+        return [(e.last_event_id, json.loads(e.data)["n"]) for e in events]
+
+    def expected(self, events: Sequence[Event], ids: Sequence[str]) -> list[tuple[str, int]]:
+        first = self.joined_at if self.resume_after is None else self.resume_after + 1
+        return [(ids[e.n], e.n) for e in events[first:] if admits(self.subscription, e)]
+
+
+async def serve(
+    broadcaster: Broadcaster,
+    stream: Stream,
+    last_event_id: str | None,
+    *,
+    task_status: anyio.abc.TaskStatus[SseConnection] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    async with broadcaster.connect(
+        last_event_id=last_event_id, subscription=stream.subscription
+    ) as connection:
+        task_status.started(connection)
+        await connection.run(stream.write)
+
+
+async def join(
+    tasks: anyio.abc.TaskGroup, broadcaster: Broadcaster, stream: Stream, last_event_id: str | None
+) -> None:
+    """Start ``stream``'s connection; return once it is registered and its replay queued."""
+    await tasks.start(functools.partial(serve, broadcaster, stream, last_event_id))
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    with anyio.fail_after(GUARD):
+        while not condition():  # noqa: ASYNC110
+            await anyio.sleep(0.001)
+
+
+def predicate_failures(streams: Sequence[Stream], events: Sequence[Event]) -> int:
+    """How often ``role_matches`` raises when every stream is live for every event."""
+    return sum(
+        isinstance(e, Restricted)
+        and reaches(s.subscription, e)
+        and "role" not in s.subscription.attributes
+        for s in streams
+        for e in events
+    )
+
+
+# --- in memory -----------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def running(bus: IEventBus) -> AsyncIterator[tuple[Broadcaster, anyio.abc.TaskGroup]]:
+    """A broadcaster on ``bus`` and a task group for its connections.
+
+    The broadcaster is left first: its shutdown writes out every queue and ends every
+    connection, so after the block each stream is complete.
+    """
+    async with (
+        anyio.create_task_group() as tasks,
+        Broadcaster(bus, property_events(), heartbeat=None) as broadcaster,
+    ):
+        yield broadcaster, tasks
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    # anyio_backend is a plain string: nothing to reset between examples.
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    subs=st.lists(subscriptions, min_size=1, max_size=8),
+    specs=st.lists(event_specs, max_size=25),
+)
+async def test_every_connection_receives_exactly_the_events_its_subscription_admits(
+    subs: list[Subscription], specs: list[tuple[str | None, list[str], str | None]]
+) -> None:
+    events = build(specs)
+    streams = [Stream(subscription) for subscription in subs]
+    ids: list[str] = []
+    with anyio.fail_after(GUARD):
+        async with InMemoryEventBus() as bus, running(bus) as (broadcaster, tasks):
+            for stream in streams:
+                await join(tasks, broadcaster, stream, None)
+            for event in events:
+                await bus.publish(event)
+                assert broadcaster.last_event_id is not None
+                ids.append(broadcaster.last_event_id)
+            metrics = broadcaster.metrics()
+    assert len(set(ids)) == len(ids)
+    for stream in streams:
+        assert stream.received() == stream.expected(events, ids)
+    assert metrics.predicate_errors == predicate_failures(streams, events)
+
+
+@st.composite
+def schedules(draw: st.DrawFn) -> tuple[list[Event], list[tuple[int, Stream]]]:
+    """Events, and connections that join before publish number ``at``, some resuming from a
+    random id already published (or from the origin, before any event)."""
+    events = build(draw(st.lists(event_specs, max_size=20)))
+    joins = []
+    for _ in range(draw(st.integers(1, 6))):
+        at = draw(st.integers(0, len(events)))
+        resume_after = draw(st.none() | st.integers(-1, at - 1))
+        joins.append((at, Stream(draw(subscriptions), resume_after, joined_at=at)))
+    return events, sorted(joins, key=lambda pair: pair[0])
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(schedule=schedules())
+async def test_a_connection_resuming_from_any_id_gets_exactly_the_admitted_events_after_it(
+    schedule: tuple[list[Event], list[tuple[int, Stream]]],
+) -> None:
+    events, joins = schedule
+    ids: list[str] = []
+    with anyio.fail_after(GUARD):
+        async with InMemoryEventBus() as bus, running(bus) as (broadcaster, tasks):
+            origin = broadcaster.last_event_id
+            assert origin is not None
+            pending = list(joins)
+            for step in range(len(events) + 1):
+                while pending and pending[0][0] == step:
+                    _, stream = pending.pop(0)
+                    after = stream.resume_after
+                    last_event_id = (
+                        None if after is None else (ids[after] if after >= 0 else origin)
+                    )
+                    await join(tasks, broadcaster, stream, last_event_id)
+                if step < len(events):
+                    await bus.publish(events[step])
+                    assert broadcaster.last_event_id is not None
+                    ids.append(broadcaster.last_event_id)
+    for _, stream in joins:
+        assert stream.received() == stream.expected(events, ids)
+
+
+# --- the registry's index ------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    subs=st.lists(subscriptions, max_size=10),
+    removed=st.sets(st.integers(0, 9)),
+    tenant=st.sampled_from([*TENANTS, "initech"]),
+    topics=st.frozensets(st.sampled_from([*TOPICS, "t4"])),
+)
+def test_select_returns_exactly_the_matching_connections_each_once(
+    subs: list[Subscription], removed: set[int], tenant: str | None, topics: frozenset[str]
+) -> None:
+    registry = InMemoryClientRegistry()
+    connections = [
+        SseConnection(f"c{i}", max_queue=1, write_timeout=None, metrics=Metrics(), subscription=s)
+        for i, s in enumerate(subs)
+    ]
+    for connection in connections:
+        registry.add(connection)
+    for index in removed & set(range(len(connections))):
+        registry.remove(f"c{index}")
+    live = [c for i, c in enumerate(connections) if i not in removed]
+    frame = Frame("1", "e", b"", tenant, topics)
+    selected = [c.id for c in registry.select(tenant, topics)]
+    assert len(selected) == len(set(selected))
+    assert set(selected) == {
+        c.id for c in live if reaches(c.subscription, Posted(0, tenant, list(topics)))
+    }
+    assert set(selected) == {c.id for c in live if c.subscription.matches(frame)}
+    for connection in live:
+        registry.remove(connection.id)
+    assert registry.select(tenant, topics) == ()
+    assert registry._by_topic == {}  # white box: removal leaves no empty index behind
+    assert registry._by_tenant == {}
+
+
+# --- on a Redis stream, across two instances ------------------------------------------------
+
+
+def _redis_reachable() -> bool:
+    parsed = urlparse(REDIS_URL)
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 6379), 1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def need_redis() -> None:
+    """Skip without Redis, unless ``SSEBUS_REQUIRE_REDIS=1`` (then fail), as test_redis does."""
+    if _redis_reachable():
+        return
+    reason = f"Redis is not reachable at {REDIS_URL} (set REDIS_URL)"
+    if os.environ.get("SSEBUS_REQUIRE_REDIS") == "1":
+        pytest.fail(reason + " and SSEBUS_REQUIRE_REDIS=1")
+    pytest.skip(reason)
+
+
+def redis_bus(stream: str) -> RedisEventBus:
+    bus = RedisEventBus(REDIS_URL, mode="streams", stream=stream, reconnect_backoff=(0.05, 0.5))
+    bus.register(Posted)
+    bus.register(Restricted)
+    return bus
+
+
+@st.composite
+def redis_schedules(
+    draw: st.DrawFn,
+) -> tuple[list[Event], int, list[Stream], list[Stream]]:
+    """Events, how many are published before the second instance starts, the live
+    connections of the first instance and the resuming connections of the second."""
+    events = build(draw(st.lists(event_specs, min_size=1, max_size=12)))
+    before = draw(st.integers(1, len(events)))
+    live = [Stream(s, None) for s in draw(st.lists(subscriptions, min_size=1, max_size=4))]
+    resuming = [
+        Stream(s, draw(st.integers(-1, before - 1)))
+        for s in draw(st.lists(subscriptions, min_size=1, max_size=4))
+    ]
+    return events, before, live, resuming
+
+
+@settings(
+    max_examples=10,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(schedule=redis_schedules())
+async def test_on_a_redis_stream_live_and_resuming_connections_get_exactly_their_events(
+    need_redis: None, schedule: tuple[list[Event], int, list[Stream], list[Stream]]
+) -> None:
+    events, before, live, resuming = schedule
+    name = f"ssebus-test-{uuid.uuid4().hex}"
+    ids: list[str] = []  # the Redis entry id of each event, in publish order
+
+    async def record(event: object) -> None:
+        entry_id = delivery_id()
+        assert entry_id is not None
+        ids.append(entry_id)
+
+    try:
+        with anyio.fail_after(GUARD * 2):
+            async with AsyncExitStack() as stack:
+                bus_a = await stack.enter_async_context(redis_bus(name))
+                bus_a.subscribe(object, record)
+                origin = bus_a.latest_id()  # a fresh stream: "0-0"
+                broadcaster_a, tasks_a = await stack.enter_async_context(running(bus_a))
+                for stream in live:
+                    await join(tasks_a, broadcaster_a, stream, None)
+                for event in events[:before]:
+                    await bus_a.publish(event)
+                await wait_until(lambda: len(ids) == before)
+                # A second instance, started now: its own history begins at the newest entry.
+                bus_b = await stack.enter_async_context(redis_bus(name))
+                broadcaster_b, tasks_b = await stack.enter_async_context(running(bus_b))
+                published = before
+                for stream in resuming:
+                    after = stream.resume_after
+                    assert after is not None
+                    await join(tasks_b, broadcaster_b, stream, ids[after] if after >= 0 else origin)
+                    if published < len(events):  # publish while the others join
+                        await bus_b.publish(events[published])
+                        published += 1
+                for number, event in enumerate(events[published:]):
+                    await (bus_a if number % 2 else bus_b).publish(event)
+                await wait_until(lambda: len(ids) == len(events))
+                await wait_until(
+                    lambda: broadcaster_a.last_event_id == broadcaster_b.last_event_id == ids[-1]
+                )
+    finally:
+        async with coredis.Redis.from_url(REDIS_URL, decode_responses=True) as redis:
+            await redis.delete([name])
+    for stream in live + resuming:
+        assert stream.received() == stream.expected(events, ids)
