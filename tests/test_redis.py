@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,8 +112,27 @@ def order_shipped(event: OrderShipped) -> dict[str, Any]:
 # -- helpers -----------------------------------------------------------------------------
 
 
+_names: list[str] = []
+
+
 def unique() -> str:
-    return f"ssebus-test-{uuid.uuid4().hex}"
+    """A fresh channel and stream name; the stream is deleted after this module's tests."""
+    name = f"ssebus-test-{uuid.uuid4().hex}"
+    _names.append(name)
+    return name
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _delete_streams() -> Iterator[None]:
+    yield
+    if _names and _reachable(REDIS_URL):
+
+        async def delete() -> None:
+            async with raw_client() as redis:
+                await redis.delete(_names)
+
+        anyio.run(delete)
+        _names.clear()
 
 
 def make_bus(mode: Mode, name: str, url: str = REDIS_URL, **options: Any) -> RedisEventBus:
