@@ -1,0 +1,342 @@
+"""The servers ``benchmarks/fanout.py`` measures: one ASGI app per variant, under uvicorn.
+
+``python benchmarks/_fanout_apps.py VARIANT [--sndbuf BYTES]`` listens on a free port of
+127.0.0.1, prints ``port N`` and serves until SIGTERM. Every variant sits behind the same
+tiny router, so only the streaming differs:
+
+* ``GET /sse``: the variant's event stream.
+* ``POST /publish?count=M&rate=R&size=S&yield_every=K``: publish M events of about S bytes
+  of JSON from the request's own task, R per second (0: a burst that yields to the loop
+  every K events), then answer with the start and end times (``time.monotonic()``).
+* ``GET /stats``: how many streams are open, when the server dropped streams, and the
+  longest queue of frames waiting for a client (not known for ssebus: null).
+* ``GET /memory``: with ``PYTHONTRACEMALLOC`` set, the allocation sites that grew since
+  the previous call (the first call only takes the baseline).
+
+Variants: ``ssebus`` (``Broadcaster`` + ``SseEndpoint``), ``sse-starlette`` (a queue per
+client drained by its ``EventSourceResponse``, the usual broadcast recipe) and ``bare`` (a
+queue of pre-encoded frames per client, one ``send`` per frame, nothing else).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import logging
+import resource
+import socket
+import time
+import tracemalloc
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import parse_qs
+
+import uvicorn
+from sse_starlette import EventSourceResponse
+
+from ssebus import (
+    Broadcaster,
+    EventMap,
+    InMemoryClientRegistry,
+    InMemoryEventBus,
+    SequentialIdGenerator,
+    SseConnection,
+    SseEndpoint,
+)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+STATUSES = ("created", "paid", "shipped", "delivered")
+SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-store")]
+
+
+@dataclass(frozen=True, slots=True)
+class OrderUpdated:
+    """The domain event every variant broadcasts; ``t`` is ``time.monotonic()`` at publish."""
+
+    order_id: str
+    status: str
+    t: float
+    pad: str
+
+
+def payload(event: OrderUpdated) -> dict[str, Any]:
+    """The JSON data of the SSE event."""
+    return {"orderId": event.order_id, "status": event.status, "t": event.t, "pad": event.pad}
+
+
+def dumps(event: OrderUpdated) -> str:
+    """Compact JSON, as ``ssebus.compact_json`` writes it."""
+    return json.dumps(payload(event), separators=(",", ":"), ensure_ascii=False)
+
+
+class Variant(Protocol):
+    """What the router needs from a server variant."""
+
+    #: ``time.monotonic()`` of each stream the server stopped delivering to.
+    dropped: list[float]
+
+    def lifespan(self) -> AbstractAsyncContextManager[None]: ...
+
+    def backlog(self) -> int | None: ...
+
+    async def stream(self, scope: Scope, receive: Receive, send: Send) -> None: ...
+
+    async def publish(self, event: OrderUpdated) -> None: ...
+
+
+class _TimedRegistry(InMemoryClientRegistry):
+    """Notes when the broadcaster drops a connection, e.g. when it evicts a slow client."""
+
+    def __init__(self, dropped: list[float]) -> None:
+        super().__init__()
+        self._dropped = dropped
+
+    def remove(self, connection_id: str) -> SseConnection | None:
+        connection = super().remove(connection_id)
+        if connection is not None:
+            self._dropped.append(time.monotonic())
+        return connection
+
+
+class SsebusVariant:
+    """``Broadcaster`` on an ``InMemoryEventBus``; ``SseEndpoint`` streams it."""
+
+    def __init__(self) -> None:
+        self.dropped: list[float] = []
+        self.bus = InMemoryEventBus()
+        self.broadcaster = Broadcaster(
+            self.bus,
+            EventMap({OrderUpdated: ("order", payload)}),
+            ids=SequentialIdGenerator(prefix=""),  # bare numbers: the same bytes as the others
+            heartbeat=15.0,
+        )
+        # Set, not passed: Broadcaster(registry=...) drops a registry that is empty, as
+        # ``registry or InMemoryClientRegistry()`` finds it false.
+        self.broadcaster.registry = _TimedRegistry(self.dropped)
+        self.endpoint = SseEndpoint(self.broadcaster, retry=None)
+
+    @asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        async with self.broadcaster:
+            yield
+
+    def backlog(self) -> None:
+        return None  # bounded by max_queue; a fuller queue is evicted
+
+    async def stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.endpoint(scope, receive, send)
+
+    async def publish(self, event: OrderUpdated) -> None:
+        await self.bus.publish(event)
+
+
+class SseStarletteVariant:
+    """The sse-starlette broadcast recipe: every client's ``EventSourceResponse`` drains
+    its own ``asyncio.Queue``; publishing puts one event dict in every queue, which each
+    response encodes. Default ping (15 s); ``sep="\\n"`` so the frames match the others."""
+
+    def __init__(self) -> None:
+        self.dropped: list[float] = []
+        self.queues: set[asyncio.Queue[dict[str, str]]] = set()
+        self.ids = itertools.count(1)
+
+    @asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        yield
+
+    def backlog(self) -> int:
+        return max((queue.qsize() for queue in self.queues), default=0)
+
+    async def stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        queue: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+
+        async def events() -> AsyncIterator[dict[str, str]]:
+            while True:
+                yield await queue.get()
+
+        self.queues.add(queue)
+        try:
+            await EventSourceResponse(events(), sep="\n")(scope, receive, send)
+        finally:
+            self.queues.discard(queue)
+            self.dropped.append(time.monotonic())
+
+    async def publish(self, event: OrderUpdated) -> None:
+        message = {"id": str(next(self.ids)), "event": "order", "data": dumps(event)}
+        for queue in self.queues:
+            queue.put_nowait(message)
+
+
+class BareVariant:
+    """The ceiling: encode once, queue the bytes for every client, one ``send`` per frame.
+    No heartbeat, no disconnect watching, no bound on the queues."""
+
+    def __init__(self) -> None:
+        self.dropped: list[float] = []
+        self.queues: set[asyncio.Queue[bytes]] = set()
+        self.ids = itertools.count(1)
+
+    @asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        yield
+
+    def backlog(self) -> int:
+        return max((queue.qsize() for queue in self.queues), default=0)
+
+    async def stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.queues.add(queue)
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            while True:
+                data = await queue.get()
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+        finally:
+            self.queues.discard(queue)
+            self.dropped.append(time.monotonic())
+
+    async def publish(self, event: OrderUpdated) -> None:
+        frame = f"id: {next(self.ids)}\nevent: order\ndata: {dumps(event)}\n\n".encode()
+        for queue in self.queues:
+            queue.put_nowait(frame)
+
+
+VARIANTS: dict[str, Callable[[], Variant]] = {
+    "ssebus": SsebusVariant,
+    "sse-starlette": SseStarletteVariant,
+    "bare": BareVariant,
+}
+
+
+async def publish_events(
+    publish: Callable[[OrderUpdated], Awaitable[None]],
+    count: int,
+    rate: float,
+    size: int,
+    yield_every: int,
+) -> tuple[float, float]:
+    """Publish ``count`` events, paced at ``rate`` per second (0: burst); return start, end."""
+    pad = "x" * max(0, size - len(dumps(OrderUpdated("ord-000000", "delivered", 1e5, ""))))
+    started = time.monotonic()
+    for i in range(count):
+        if rate:
+            delay = started + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        elif i % yield_every == 0:
+            await asyncio.sleep(0)
+        await publish(OrderUpdated(f"ord-{i:06}", STATUSES[i % 4], time.monotonic(), pad))
+    return started, time.monotonic()
+
+
+class Router:
+    """Routes ``/sse`` to the variant and serves the control endpoints."""
+
+    def __init__(self, variant: Variant) -> None:
+        self.variant = variant
+        self.connected = 0
+        self._memory_baseline: tracemalloc.Snapshot | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await receive()
+            async with self.variant.lifespan():
+                await send({"type": "lifespan.startup.complete"})
+                await receive()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        path = scope["path"]
+        if path == "/sse":
+            self.connected += 1
+            try:
+                await self.variant.stream(scope, receive, send)
+            finally:
+                self.connected -= 1
+            return
+        if path == "/publish":
+            query = {k: v[-1] for k, v in parse_qs(scope["query_string"].decode()).items()}
+            started, ended = await publish_events(
+                self.variant.publish,
+                count=int(query.get("count", "1000")),
+                rate=float(query.get("rate", "0")),
+                size=int(query.get("size", "100")),
+                yield_every=int(query.get("yield_every", "10")),
+            )
+            await respond(send, {"started": started, "ended": ended})
+        elif path == "/stats":
+            variant = self.variant
+            stats = {"connected": self.connected, "dropped": variant.dropped}
+            await respond(send, {**stats, "backlog": variant.backlog()})
+        elif path == "/memory":
+            await respond(send, self.memory_growth())
+        else:
+            await respond(send, {"error": "not found"}, status=404)
+
+    def memory_growth(self) -> list[tuple[str, int, int]]:
+        """(site, bytes, blocks) of the sites that grew since the last call, largest first."""
+        if not tracemalloc.is_tracing():
+            return []
+        snapshot = tracemalloc.take_snapshot().filter_traces(
+            [tracemalloc.Filter(False, tracemalloc.__file__)]
+        )
+        baseline, self._memory_baseline = self._memory_baseline, snapshot
+        if baseline is None:
+            return []
+        stats = snapshot.compare_to(baseline, "lineno")
+        return [
+            (str(s.traceback), s.size_diff, s.count_diff) for s in stats[:25] if s.size_diff > 0
+        ]
+
+
+async def respond(send: Send, body: Any, status: int = 200) -> None:
+    """Answer with ``body`` as JSON."""
+    data = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": data})
+
+
+def raise_open_files_limit() -> None:
+    """Allow as many open sockets as the hard limit does (10,000 clients need more than 1,024)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Serve one fan-out benchmark variant.")
+    parser.add_argument("variant", choices=sorted(VARIANTS))
+    parser.add_argument("--sndbuf", type=int, default=0, help="SO_SNDBUF of every connection")
+    args = parser.parse_args()
+    raise_open_files_limit()
+    # An evicted client is logged at WARNING per connection; the benchmark counts them instead.
+    logging.getLogger("ssebus").setLevel(logging.ERROR)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if args.sndbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, args.sndbuf)  # inherited on accept
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(4096)
+    print(f"port {sock.getsockname()[1]}", flush=True)
+    config = uvicorn.Config(
+        Router(VARIANTS[args.variant]()),
+        loop="uvloop",
+        http="httptools",
+        workers=1,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        backlog=4096,
+        timeout_graceful_shutdown=2,
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    main()
