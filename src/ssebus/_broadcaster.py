@@ -92,9 +92,12 @@ class Broadcaster:
             raise ConfigurationError("reconnect_jitter", reconnect_jitter, "needs 0 <= low <= high")
         self.bus = bus
         self.events = events
-        self.registry: ISseClientRegistry = registry or InMemoryClientRegistry()
-        self.encoder: FrameEncoder = encoder or StandardFrameEncoder()
-        self.ids: EventIdGenerator = ids or SequentialIdGenerator()
+        # "is not None": an empty registry is falsy (it has a length).
+        self.registry: ISseClientRegistry = (
+            registry if registry is not None else InMemoryClientRegistry()
+        )
+        self.encoder: FrameEncoder = encoder if encoder is not None else StandardFrameEncoder()
+        self.ids: EventIdGenerator = ids if ids is not None else SequentialIdGenerator()
         self.history: EventHistory = history if history is not None else InMemoryHistory()
         self.dumps = dumps
         self.heartbeat = heartbeat
