@@ -129,36 +129,28 @@ class SseEndpoint:
                 last_event_id=self._last_event_id(scope),
                 retry=self.retry,
                 subscription=subscription,
+                watch=receive,
             )
-            await self._stream(connect, receive, send)
+            await self._stream(connect, send)
         except ClosedError:
             await _respond(send, 503, "Service Unavailable", [(b"retry-after", b"5")])
 
-    async def _stream(
-        self, connect: AbstractAsyncContextManager[Any], receive: Receive, send: Send
-    ) -> None:
+    async def _stream(self, connect: AbstractAsyncContextManager[Any], send: Send) -> None:
         async with connect as connection:
 
             async def write(data: bytes) -> None:
                 await send({"type": "http.response.body", "body": data, "more_body": True})
 
-            async def watch_disconnect() -> None:
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        connection.abort("client disconnected")
-                        return
-
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
             try:
-                async with anyio.create_task_group() as tasks:
-                    tasks.start_soon(watch_disconnect)
-                    await connection.run(write)
-                    tasks.cancel_scope.cancel()
+                await connection.run(write)
             finally:
-                # Also when the server cancels us at shutdown: end the body properly.
-                with anyio.move_on_after(self.shutdown_grace, shield=True):
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                # Also when the server cancels us at shutdown: end the body properly. Not
+                # after an abort: the client is gone, or a stalled socket would hold the
+                # final write back for the whole grace period.
+                if not connection.aborted:
+                    with anyio.move_on_after(self.shutdown_grace, shield=True):
+                        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _last_event_id(self, scope: Scope) -> str | None:
         for name, value in scope.get("headers", ()):

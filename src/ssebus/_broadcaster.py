@@ -36,6 +36,7 @@ from ._protocols import (
 )
 from ._registry import InMemoryClientRegistry
 from ._subscription import EVERYTHING, Subscription, topic_set
+from ._types import Receive
 
 __all__ = ["Broadcaster"]
 
@@ -350,6 +351,7 @@ class Broadcaster:
         retry: int | None = None,
         connection_id: str | None = None,
         subscription: Subscription | None = None,
+        watch: Receive | None = None,
     ) -> AsyncIterator[SseConnection]:
         """Register a connection; on exit it is closed and removed.
 
@@ -358,7 +360,9 @@ class Broadcaster:
         ``reset`` event (data ``{"lastEventId": ..., "reason": "not-in-history"}``) telling
         the client to reload its state - then live frames, with no gap and no duplicate.
         ``subscription`` (default: every event without a tenant) filters both, and its
-        ``expires_at`` ends the stream with a ``credentials-expired`` event.
+        ``expires_at`` ends the stream with a ``credentials-expired`` event. ``watch``, an
+        ASGI ``receive``, is read by a task of the broadcaster's until the client
+        disconnects, which aborts the connection - so a request needs no task group of its own.
         """
         if self._state != "running":
             raise ClosedError("the broadcaster is not running; no new connections")
@@ -377,6 +381,9 @@ class Broadcaster:
             connection.dispose()
             raise
         anchor = self._last_id
+        watcher = anyio.CancelScope()
+        if watch is not None and self._tasks is not None:
+            self._tasks.start_soon(self._watch_disconnect, connection, watch, watcher)
         self._metrics.connections_opened += 1
         self._metrics.emit("connections_opened", 1)
         try:
@@ -401,6 +408,7 @@ class Broadcaster:
             logger.debug("connection %s opened (last event id %r)", connection.id, last_event_id)
             yield connection
         finally:
+            watcher.cancel()
             connection.close("stream ended")
             connection.dispose()
             self.registry.remove(connection.id)
@@ -410,6 +418,19 @@ class Broadcaster:
             logger.log(level, "connection %s closed: %s", connection.id, reason)
             if self._closing() and not len(self.registry):
                 self._drained.set()
+
+    @staticmethod
+    async def _watch_disconnect(
+        connection: SseConnection, receive: Receive, scope: anyio.CancelScope
+    ) -> None:
+        with scope:
+            try:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+            except Exception as exc:  # never let one request's failure reach the task group
+                connection.abort(f"receive failed: {exc!r}")
+            else:
+                connection.abort("client disconnected")
 
     async def _missed(self, last_event_id: str) -> Sequence[Frame] | None:
         missed = await self.history.since(last_event_id)

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from ._event import ServerSentEvent
     from ._frame import Frame
     from ._subscription import Subscription
+    from ._types import Receive
 
 __all__ = [
     "EventHistory",
@@ -134,5 +135,7 @@ class SseBroadcaster(Protocol):
         retry: int | None = None,
         connection_id: str | None = None,
         subscription: Subscription | None = None,
+        watch: Receive | None = None,
     ) -> AbstractAsyncContextManager[SseConnection]:
-        """Register a connection, replay what it missed, and remove it on exit."""
+        """Register a connection, replay what it missed, and remove it on exit; abort it
+        when ``watch`` (an ASGI ``receive``) reports the client's disconnect."""
