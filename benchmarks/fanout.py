@@ -526,7 +526,7 @@ async def memory_sites(args: argparse.Namespace) -> None:
                     client.close()
         total = sum(size for _, size, _ in sites)
         print(f"-- tracemalloc, {variant}: {total / args.clients:,.0f} B/client traced")
-        for site, size, blocks in sites[:12]:
+        for site, size, blocks in sites[: args.sites]:
             print(f"{size / args.clients:8,.0f} B {blocks / args.clients:6.1f} blocks  {site}")
         print(flush=True)
 
@@ -545,6 +545,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--profile", metavar="DIR", help="py-spy the servers while publishing")
     parser.add_argument(
         "--tracemalloc", action="store_true", help="only trace the memory of idle clients"
+    )
+    parser.add_argument(
+        "--sites", type=int, default=12, help="allocation sites to list with --tracemalloc"
     )
     args = parser.parse_args()
     if args.quick:

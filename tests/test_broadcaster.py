@@ -1134,3 +1134,51 @@ async def test_bad_settings_are_refused_naming_the_setting(setting: str, value: 
     with pytest.raises(ConfigurationError, match=setting) as caught:
         Broadcaster(InMemoryEventBus(), order_events(), **options)
     assert caught.value.setting == setting
+
+
+# -- disconnect watching -----------------------------------------------------------------
+
+
+class Receiver:
+    """An ASGI ``receive`` whose client disconnects when told to (or never)."""
+
+    def __init__(self) -> None:
+        self.gone = anyio.Event()
+        self.waiting = 0
+
+    async def __call__(self) -> dict[str, Any]:
+        self.waiting += 1
+        try:
+            await self.gone.wait()
+        finally:
+            self.waiting -= 1
+        return {"type": "http.disconnect"}
+
+
+async def test_a_watched_client_that_disconnects_is_aborted_while_its_stream_is_idle() -> None:
+    receive = Receiver()
+    async with pipeline() as (_, broadcaster, _):
+        async with broadcaster.connect(watch=receive) as connection:
+            await wait_until(lambda: receive.waiting == 1)
+            receive.gone.set()
+            with anyio.fail_after(GUARD):
+                await connection.run(Client().write)  # returns: the client is gone
+        assert connection.close_reason == "client disconnected"
+        assert len(broadcaster.registry) == 0
+
+
+async def test_watching_stops_with_the_stream_and_shutdown_leaves_no_task_behind() -> None:
+    ended, open_at_shutdown = Receiver(), Receiver()
+    async with pipeline() as (_, broadcaster, tasks):
+        async with broadcaster.connect(watch=ended):
+            await wait_until(lambda: ended.waiting == 1)
+        await wait_until(lambda: ended.waiting == 0)  # the stream ended: its watch too
+
+        async def stream() -> None:
+            async with broadcaster.connect(watch=open_at_shutdown) as connection:
+                await connection.run(Client().write)
+
+        tasks.start_soon(stream)
+        await wait_until(lambda: open_at_shutdown.waiting == 1)
+    assert open_at_shutdown.waiting == 0
+    assert not open_at_shutdown.gone.is_set()

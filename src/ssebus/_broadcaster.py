@@ -37,6 +37,7 @@ from ._protocols import (
 from ._registry import InMemoryClientRegistry
 from ._subscription import EVERYTHING, Subscription, topic_set
 from ._types import Receive
+from ._watch import DisconnectWatch
 
 __all__ = ["Broadcaster"]
 
@@ -116,6 +117,7 @@ class Broadcaster:
         self._drained = anyio.Event()
         self._heartbeat_scope: anyio.CancelScope | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
+        self._watch: DisconnectWatch | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -124,6 +126,8 @@ class Broadcaster:
             raise ClosedError("a Broadcaster can be started once")
         tasks = await self._stack.enter_async_context(anyio.create_task_group())
         self._tasks = tasks
+        self._watch = DisconnectWatch(tasks)
+        self._stack.push_async_callback(self._watch.aclose)
         # The origin anchors resume: a client that connected before any event can still
         # replay from it, and a reset always has an id to move the client to.
         if isinstance(self.bus, ReplayableEventBus):
@@ -361,8 +365,8 @@ class Broadcaster:
         the client to reload its state - then live frames, with no gap and no duplicate.
         ``subscription`` (default: every event without a tenant) filters both, and its
         ``expires_at`` ends the stream with a ``credentials-expired`` event. ``watch``, an
-        ASGI ``receive``, is read by a task of the broadcaster's until the client
-        disconnects, which aborts the connection - so a request needs no task group of its own.
+        ASGI ``receive``, is read until the client disconnects, which aborts the
+        connection, so a request needs no task group of its own (see ``DisconnectWatch``).
         """
         if self._state != "running":
             raise ClosedError("the broadcaster is not running; no new connections")
@@ -381,9 +385,9 @@ class Broadcaster:
             connection.dispose()
             raise
         anchor = self._last_id
-        watcher = anyio.CancelScope()
-        if watch is not None and self._tasks is not None:
-            self._tasks.start_soon(self._watch_disconnect, connection, watch, watcher)
+        stop_watching = None
+        if watch is not None and self._watch is not None:
+            stop_watching = self._watch.start(connection, watch)
         self._metrics.connections_opened += 1
         self._metrics.emit("connections_opened", 1)
         try:
@@ -408,7 +412,8 @@ class Broadcaster:
             logger.debug("connection %s opened (last event id %r)", connection.id, last_event_id)
             yield connection
         finally:
-            watcher.cancel()
+            if stop_watching is not None:
+                stop_watching()
             connection.close("stream ended")
             connection.dispose()
             self.registry.remove(connection.id)
@@ -418,19 +423,6 @@ class Broadcaster:
             logger.log(level, "connection %s closed: %s", connection.id, reason)
             if self._closing() and not len(self.registry):
                 self._drained.set()
-
-    @staticmethod
-    async def _watch_disconnect(
-        connection: SseConnection, receive: Receive, scope: anyio.CancelScope
-    ) -> None:
-        with scope:
-            try:
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-            except Exception as exc:  # never let one request's failure reach the task group
-                connection.abort(f"receive failed: {exc!r}")
-            else:
-                connection.abort("client disconnected")
 
     async def _missed(self, last_event_id: str) -> Sequence[Frame] | None:
         missed = await self.history.since(last_event_id)

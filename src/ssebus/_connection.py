@@ -197,7 +197,7 @@ class SseConnection:
         if remaining is not None:
             expires = time.monotonic() + remaining
             deadline = anyio.current_time() + remaining  # on the event loop's own clock
-        loop = _asyncio_loop()
+        loop = asyncio_loop()
         while not self._aborted:
             if remaining is not None and time.monotonic() >= expires:
                 return False
@@ -253,7 +253,7 @@ class SseConnection:
         self.abort(reason)
 
 
-def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
+def asyncio_loop() -> asyncio.AbstractEventLoop | None:
     """The running asyncio loop, or None under another event loop (trio)."""
     try:
         return asyncio.get_running_loop()
