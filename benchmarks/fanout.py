@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import platform
@@ -392,6 +393,49 @@ async def wait_delivered(tally: Tally, expected: int) -> None:
         await asyncio.sleep(0.02)
 
 
+def median_result(results: list[Result]) -> Result:
+    """One result from repeated runs: the median of each figure, the worst delivery."""
+    if len(results) == 1:
+        return results[0]
+
+    def median(name: str) -> Any:
+        return statistics.median(getattr(r, name) for r in results)
+
+    frames = min(r.frames for r in results)
+    rate = statistics.median(r.rate for r in results)
+    return dataclasses.replace(
+        results[0],
+        frames=frames,
+        complete=min(r.complete for r in results),
+        seconds=frames / rate if rate else 0.0,  # so that .rate is the median rate
+        **{
+            name: median(name)
+            for name in (
+                "publish_seconds",
+                "p50_ms",
+                "p99_ms",
+                "idle_rss",
+                "rss_growth",
+                "cpu",
+                "load_cpu",
+            )
+        },
+    )
+
+
+def spread(runs: dict[str, list[Result]]) -> str:
+    """ssebus's p99 latency and frames/s over each other variant, run by run."""
+    ours = runs.get("ssebus", [])
+    lines = []
+    for variant, theirs in runs.items():
+        if variant == "ssebus" or not ours:
+            continue
+        p99 = ", ".join(_ratio(a.p99_ms, b.p99_ms) for a, b in zip(ours, theirs, strict=True))
+        rate = ", ".join(_ratio(a.rate, b.rate) for a, b in zip(ours, theirs, strict=True))
+        lines.append(f"run by run, ssebus / {variant}: p99 {p99}; frames/s {rate}")
+    return "\n".join(lines)
+
+
 # -- the report ---------------------------------------------------------------------------
 
 
@@ -496,7 +540,13 @@ async def run(args: argparse.Namespace) -> None:
     """Measure every scenario on every variant and print a table per scenario."""
     burst: dict[str, Result] = {}
     for scenario in plan(args):
-        results = [await measure(scenario, variant, args) for variant in args.variants]
+        runs: dict[str, list[Result]] = {variant: [] for variant in args.variants}
+        for _ in range(args.repeat):  # variants take turns, so noise hits them alike
+            for variant in args.variants:
+                runs[variant].append(await measure(scenario, variant, args))
+        results = [median_result(runs[variant]) for variant in args.variants]
+        if args.repeat > 1:
+            print(spread(runs), flush=True)
         if scenario.name == "burst":
             burst = {r.variant: r for r in results}
         print(table(scenario, results, burst), end="\n\n", flush=True)
@@ -542,6 +592,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--scenario", default=",".join(SCENARIOS))
     parser.add_argument("--quick", action="store_true", help="200 clients, 200 events, 2 s")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per scenario; the tables show medians"
+    )
     parser.add_argument("--profile", metavar="DIR", help="py-spy the servers while publishing")
     parser.add_argument(
         "--tracemalloc", action="store_true", help="only trace the memory of idle clients"

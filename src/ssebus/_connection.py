@@ -32,6 +32,26 @@ class SseConnection:
     stream ends with ``expired`` (a final frame) instead of waiting for more.
     """
 
+    __slots__ = (
+        "_aborted",
+        "_already_sent",
+        "_closing",
+        "_expired",
+        "_held",
+        "_max_queue",
+        "_metrics",
+        "_prelude_slot",
+        "_queue",
+        "_scope",
+        "_uncounted",
+        "_waiter",
+        "_writing_since",
+        "close_reason",
+        "id",
+        "subscription",
+        "write_timeout",
+    )
+
     def __init__(
         self,
         connection_id: str,
@@ -57,9 +77,11 @@ class SseConnection:
         self._waiter: asyncio.Future[None] | anyio.Event | None = None
         self._closing = False
         self._held: list[Frame] | None = []
-        self._prelude = b""
-        self._prelude_frames = 0
-        self._final = b""
+        # Frames the metrics have not counted yet: a prelude chunk stands for several
+        # frames, a final one for none.
+        self._uncounted = 0
+        # The prelude waits in the queue without taking a frame's place there.
+        self._prelude_slot = 0
         self._scope: anyio.CancelScope | None = None
         self._aborted = False
         self._writing_since: float | None = None
@@ -87,7 +109,7 @@ class SseConnection:
                 return True
             self._already_sent = None
         queue = self._queue
-        if len(queue) >= self._max_queue:
+        if len(queue) >= self._max_queue + self._prelude_slot:
             return False
         queue.append(frame.data)
         if self._waiter is not None:
@@ -110,15 +132,20 @@ class SseConnection:
         fresh = held if already_sent is None else [f for f in held if not already_sent(f)]
         if already_sent is not None and not any(f.id is not None for f in fresh):
             self._already_sent = already_sent
-        self._prelude = prelude + b"".join(f.data for f in fresh)
-        self._prelude_frames = frames + len(fresh)
+        chunk = prelude + b"".join(f.data for f in fresh)
+        if chunk:
+            self._queue.insert(0, chunk)  # before a goodbye queued while held
+            self._uncounted += frames + len(fresh) - 1
+            self._prelude_slot = 1
 
     def close(self, reason: str, *, final: bytes = b"") -> None:
         """Close the stream gracefully: queued frames, then ``final``, are still written."""
         if self.close_reason is not None:
             return
         self.close_reason = reason
-        self._final = final
+        if final:
+            self._queue.append(final)
+            self._uncounted -= 1
         self._stop()
 
     def dispose(self) -> None:
@@ -177,72 +204,67 @@ class SseConnection:
         more will be written; never raises for a client's failure.
         """
         with anyio.CancelScope() as self._scope:
-            if self._aborted:
-                return
-            if self._prelude:
-                prelude, self._prelude = self._prelude, b""
-                if not await self._write(write, prelude, frames=self._prelude_frames):
-                    return
             expires_at = self.subscription.expires_at
             if expires_at is None:
                 await self._pump(write)
             elif not await self._pump(write, expires_at - time.time()):
                 self.close("credentials expired", final=self._expired)
                 logger.info("connection %s: credentials expired", self.id)
-            if self._final and not self._aborted:
-                await self._write(write, self._final, frames=0)
+                await self._pump(write)
 
     async def _pump(self, write: Write, remaining: float | None = None) -> bool:
-        """Write queued frames as they come; False once ``remaining`` seconds have passed."""
+        """Write what is queued, one write per wake-up, until the connection closes (True)
+        or ``remaining`` seconds have passed (False).
+
+        The hot path of every stream: it allocates as little as it can, since each object
+        made per wake-up of every connection feeds the garbage collector.
+        """
         if remaining is not None:
             expires = time.monotonic() + remaining
             deadline = anyio.current_time() + remaining  # on the event loop's own clock
         loop = asyncio_loop()
+        spare: list[bytes] = []
         while not self._aborted:
             if remaining is not None and time.monotonic() >= expires:
                 return False
-            if not self._queue:
-                if self._closing:
+            batch = self._queue
+            if batch:
+                self._queue, spare = spare, batch  # two lists take turns: none made per write
+                data = batch[0] if len(batch) == 1 else b"".join(batch)
+                frames = len(batch) + self._uncounted
+                self._uncounted = self._prelude_slot = 0
+                batch.clear()
+                self._writing_since = time.monotonic()
+                try:
+                    await write(data)
+                except Exception as exc:
+                    self._write_failed(f"write failed: {exc!r}")
                     return True
-                if remaining is None:
-                    await self._sleep(loop)
-                else:
-                    with anyio.CancelScope(deadline=deadline):
-                        await self._sleep(loop)
+                finally:
+                    self._writing_since = None
+                if frames:
+                    self._metrics.frames_sent += frames
+                    if self._metrics.hook is not None:
+                        self._metrics.emit("frames_sent", frames)
                 continue
-            batch, self._queue = self._queue, []
-            data = batch[0] if len(batch) == 1 else b"".join(batch)
-            if not await self._write(write, data, frames=len(batch)):
+            if self._closing:
                 return True
-        return True
-
-    async def _sleep(self, loop: asyncio.AbstractEventLoop | None) -> None:
-        """Wait for :meth:`offer` or a close. On asyncio a bare future does it: a fraction
-        of the time and memory of an event, paid on every wake-up of every connection."""
-        try:
+            # Sleep until offer() or a close: on asyncio on a bare future, a fraction of
+            # the time and memory of an event.
+            sleep: Awaitable[object]
             if loop is not None:
-                future = self._waiter = loop.create_future()
-                await future
+                sleep = self._waiter = loop.create_future()
             else:
                 event = self._waiter = anyio.Event()
-                await event.wait()
-        finally:
-            self._waiter = None
-
-    async def _write(self, write: Write, data: bytes, *, frames: int) -> bool:
-        self._writing_since = time.monotonic()
-        try:
-            await write(data)
-        except Exception as exc:
-            self._write_failed(f"write failed: {exc!r}")
-            return False
-        finally:
-            self._writing_since = None
-        if self._aborted:
-            return False
-        if frames:
-            self._metrics.frames_sent += frames
-            self._metrics.emit("frames_sent", frames)
+                sleep = event.wait()
+            try:
+                if remaining is None:
+                    await sleep
+                else:
+                    with anyio.CancelScope(deadline=deadline):
+                        await sleep
+            finally:
+                self._waiter = None
         return True
 
     def _write_failed(self, reason: str) -> None:
