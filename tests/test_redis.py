@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import socket
 import subprocess
@@ -19,13 +18,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import anyio
 import coredis
 import pytest
 from anyio.abc import Process, TaskStatus
 from anyio.streams.text import TextReceiveStream
+from redis_support import REDIS_URL, reachable
 
 from ssebus import (
     Broadcaster,
@@ -38,30 +37,10 @@ from ssebus import (
 from ssebus.redis import Mode, RedisEventBus
 from ssebus.testing import ParsedEvent, parse_events
 
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 HERE = Path(__file__).parent
 MODES: list[Mode] = ["pubsub", "streams"]
 
-pytestmark = pytest.mark.anyio
-
-
-def _reachable(url: str) -> bool:
-    parsed = urlparse(url)
-    try:
-        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 6379), 1):
-            return True
-    except OSError:
-        return False
-
-
-@pytest.fixture(autouse=True)
-def _need_redis() -> None:
-    if _reachable(REDIS_URL):
-        return
-    reason = f"Redis is not reachable at {REDIS_URL} (set REDIS_URL)"
-    if os.environ.get("SSEBUS_REQUIRE_REDIS") == "1":
-        pytest.fail(reason + " and SSEBUS_REQUIRE_REDIS=1")
-    pytest.skip(reason)
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("need_redis")]
 
 
 # -- domain events -----------------------------------------------------------------------
@@ -125,7 +104,7 @@ def unique() -> str:
 @pytest.fixture(autouse=True, scope="module")
 def _delete_streams() -> Iterator[None]:
     yield
-    if _names and _reachable(REDIS_URL):
+    if _names and reachable(REDIS_URL):
 
         async def delete() -> None:
             async with raw_client() as redis:
@@ -509,7 +488,7 @@ class RedisServer:
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         with anyio.fail_after(10):
-            while not _reachable(self.url):  # noqa: ASYNC110 - polling a port
+            while not reachable(self.url):  # noqa: ASYNC110 - polling a port
                 await anyio.sleep(0.05)
 
     async def stop(self) -> None:

@@ -21,13 +21,10 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from urllib.parse import urlparse
 
 import anyio
 import anyio.abc
@@ -35,6 +32,7 @@ import coredis
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from redis_support import REDIS_URL
 
 from ssebus import (
     Broadcaster,
@@ -54,7 +52,6 @@ from ssebus.testing import parse_events
 pytestmark = pytest.mark.anyio
 
 GUARD = 5.0  # seconds; only a guard against hangs (short: a failing example shrinks)
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 TENANTS = [None, "acme", "globex"]
 TOPICS = ["t1", "t2", "t3"]
 ROLES = ["admin", "staff"]
@@ -338,26 +335,6 @@ def test_select_returns_exactly_the_matching_connections_each_once(
 
 
 # --- on a Redis stream, across two instances ------------------------------------------------
-
-
-def _redis_reachable() -> bool:
-    parsed = urlparse(REDIS_URL)
-    try:
-        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 6379), 1):
-            return True
-    except OSError:
-        return False
-
-
-@pytest.fixture
-def need_redis() -> None:
-    """Skip without Redis, unless ``SSEBUS_REQUIRE_REDIS=1`` (then fail), as test_redis does."""
-    if _redis_reachable():
-        return
-    reason = f"Redis is not reachable at {REDIS_URL} (set REDIS_URL)"
-    if os.environ.get("SSEBUS_REQUIRE_REDIS") == "1":
-        pytest.fail(reason + " and SSEBUS_REQUIRE_REDIS=1")
-    pytest.skip(reason)
 
 
 def redis_bus(stream: str) -> RedisEventBus:

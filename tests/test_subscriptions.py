@@ -32,7 +32,6 @@ import json
 import logging
 import math
 import os
-import socket
 import sys
 import time
 import uuid
@@ -40,7 +39,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import ExitStack, aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs
 
 import anyio
 import anyio.abc
@@ -49,6 +48,7 @@ import httpx
 import pytest
 from httpx_sse import ServerSentEvent as ReceivedSse
 from httpx_sse import aconnect_sse
+from redis_support import REDIS_URL
 from servers import ROOT, ServerProcess, free_port, run_server
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -77,7 +77,6 @@ from ssebus.testing import EventStreamParser, ParsedEvent, parse_events
 pytestmark = pytest.mark.anyio
 
 GUARD = 5.0  # seconds; only a guard against hangs, never reached by a passing test
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 EXPIRED_FRAME = b'event: credentials-expired\ndata: {"reason":"credentials-expired"}\n\n'
 
 
@@ -1199,26 +1198,6 @@ async def test_expiry_over_a_real_server_ends_the_stream_with_credentials_expire
 
 
 # --- across two instances sharing a Redis stream -------------------------------------------
-
-
-def _redis_reachable() -> bool:
-    parsed = urlparse(REDIS_URL)
-    try:
-        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 6379), 1):
-            return True
-    except OSError:
-        return False
-
-
-@pytest.fixture
-def need_redis() -> None:
-    """Skip without Redis, unless ``SSEBUS_REQUIRE_REDIS=1`` (then fail), as test_redis does."""
-    if _redis_reachable():
-        return
-    reason = f"Redis is not reachable at {REDIS_URL} (set REDIS_URL)"
-    if os.environ.get("SSEBUS_REQUIRE_REDIS") == "1":
-        pytest.fail(reason + " and SSEBUS_REQUIRE_REDIS=1")
-    pytest.skip(reason)
 
 
 @pytest.fixture
