@@ -73,7 +73,7 @@ class SseConnection:
         self._metrics = metrics
         # The queue is a plain list the writer swaps out whole: one wake-up, one write.
         self._queue: list[bytes] = []
-        #: What the writer sleeps on, if it does (see :meth:`_sleep`).
+        #: What the writer sleeps on, if it does (see :meth:`_pump`).
         self._waiter: asyncio.Future[None] | anyio.Event | None = None
         self._closing = False
         self._held: list[Frame] | None = []
