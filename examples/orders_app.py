@@ -103,6 +103,7 @@ class Orders:
 
         async def changed(event: OrderStatusChangedDomainEvent) -> None:
             self.status[event.order_id] = event.new_status
+            self.tenant.setdefault(event.order_id, event.tenant)
 
         self.bus.subscribe(OrderCreatedDomainEvent, created)
         self.bus.subscribe(OrderStatusChangedDomainEvent, changed)
@@ -116,12 +117,10 @@ class Orders:
         return order_id
 
     async def change_status(self, order_id: str, new_status: str) -> None:
-        old_status = self.status[order_id]
+        old_status, tenant = self.status[order_id], self.tenant[order_id]
         self.status[order_id] = new_status
         await self.bus.publish(
-            OrderStatusChangedDomainEvent(
-                order_id, old_status, new_status, tenant=self.tenant[order_id]
-            )
+            OrderStatusChangedDomainEvent(order_id, old_status, new_status, tenant=tenant)
         )
 
 
@@ -235,7 +234,7 @@ def build_app(
         order_id = request.path_params["order_id"]
         body = await request.json()
         status = body.get("status") if isinstance(body, dict) else None
-        if order_id not in orders.status:
+        if order_id not in orders.status or order_id not in orders.tenant:
             return JSONResponse({"error": f"orderId: no order {order_id!r}"}, 404)
         if not isinstance(status, str) or not status:
             return JSONResponse({"error": "status: a non-empty string is required"}, 422)

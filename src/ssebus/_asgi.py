@@ -30,7 +30,8 @@ SSE_HEADERS: list[tuple[bytes, bytes]] = [
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """An authorization hook's "no": the HTTP status, a short reason for the body, and
-    extra response headers (e.g. ``[("www-authenticate", 'Bearer realm="orders"')]``)."""
+    extra response headers (e.g. ``[("www-authenticate", 'Bearer realm="orders"')]``; a
+    ``content-type`` given here replaces the default ``text/plain``)."""
 
     status: int = 403
     reason: str = "Forbidden"
@@ -41,6 +42,7 @@ class Refusal:
             raise ConfigurationError("status", self.status, "must be an int HTTP status")
         if not 400 <= self.status <= 599:
             raise ConfigurationError("status", self.status, "a refusal is a 4xx or 5xx status")
+        object.__setattr__(self, "headers", tuple(self.headers))
         for header in self.headers:
             if (
                 not isinstance(header, tuple)
@@ -48,6 +50,8 @@ class Refusal:
                 or not all(isinstance(part, str) for part in header)
             ):
                 raise ConfigurationError("headers", header, "each header is a (name, value) of str")
+            if header[0].lower() == "content-length":
+                raise ConfigurationError("headers", header, "content-length is set from the reason")
             if any(c in part for part in header for c in "\r\n\0"):
                 raise ConfigurationError("headers", header, "must not contain CR, LF or NUL")
 
@@ -196,14 +200,20 @@ async def _respond(
     send: Send, status: int, text: str, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
     body = text.encode()
+    extra = headers or []
+    content_type = (
+        []
+        if any(name == b"content-type" for name, _ in extra)
+        else [(b"content-type", b"text/plain; charset=utf-8")]
+    )
     await send(
         {
             "type": "http.response.start",
             "status": status,
             "headers": [
-                (b"content-type", b"text/plain; charset=utf-8"),
+                *content_type,
                 (b"content-length", str(len(body)).encode()),
-                *(headers or []),
+                *extra,
             ],
         }
     )

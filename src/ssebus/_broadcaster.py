@@ -6,7 +6,7 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
 from typing import Literal
@@ -16,7 +16,7 @@ import anyio.abc
 from typing_extensions import Self
 
 from ._bus import delivery_id
-from ._connection import SseConnection
+from ._connection import AlreadySent, SseConnection
 from ._encoder import StandardFrameEncoder
 from ._event import JsonDumps, ServerSentEvent, compact_json
 from ._exceptions import ClosedError, ConfigurationError
@@ -44,6 +44,15 @@ __all__ = ["Broadcaster"]
 logger = logging.getLogger("ssebus")
 
 HeartbeatStyle = Literal["comment", "event"]
+
+
+def _position(bus: ReplayableEventBus, event_id: str) -> tuple[int, ...] | None:
+    """``bus.position(event_id)``; a bus that fails on an id it does not know says None."""
+    try:
+        return bus.position(event_id)
+    except Exception:
+        logger.warning("%r.position(%r) failed; taken as not a log entry", bus, event_id)
+        return None
 
 
 class Broadcaster:
@@ -320,15 +329,18 @@ class Broadcaster:
         logger.warning("connection %s evicted: client too slow", connection.id)
 
     async def _heartbeat_loop(self, interval: float) -> None:
+        comment = Frame(None, None, self.encoder.encode(ServerSentEvent(comment="ping")))
         with anyio.CancelScope() as self._heartbeat_scope:
             while True:
                 await anyio.sleep(interval)
+                ping = comment
                 if self.heartbeat_style == "event":
-                    ping = ServerSentEvent(data="", event="ping", id=self._last_id)
-                else:
-                    ping = ServerSentEvent(comment="ping")
-                frame = Frame(None, ping.event, self.encoder.encode(ping))
+                    event = ServerSentEvent(data="", event="ping", id=self._last_id)
+                    ping = Frame(None, "ping", self.encoder.encode(event))
                 for connection in self.registry.snapshot():
+                    # A resumed client may be ahead of this instance's newest id: an id
+                    # ping would move it back.
+                    frame = comment if connection.catching_up else ping
                     if not connection.offer(frame):
                         self._evict(connection)
 
@@ -451,27 +463,28 @@ class Broadcaster:
                 self._predicate_failed(frame, [connection.id])
         return visible
 
-    def _already_sent(self, last_event_id: str, missed: Sequence[Frame]) -> Callable[[Frame], bool]:
-        """Whether a frame arriving live was part of the replay (or before it).
+    def _already_sent(self, last_event_id: str, missed: Sequence[Frame]) -> AlreadySent:
+        """Whether a frame arriving live was part of the replay (or came before it).
 
         With a replayable bus this compares log positions: an instance whose reader is
         behind the client's id (or behind what ``replay`` just read from the log) will
-        still deliver those entries live, and the client must not get them twice.
+        still deliver those entries live, and the client must not get them twice. A frame
+        that is not a log entry (a ``broadcast``) is delivered and ends nothing.
         """
         replayed = {frame.id for frame in missed}
         bus = self.bus
         if not isinstance(bus, ReplayableEventBus):
             return lambda frame: frame.id in replayed
         newest = missed[-1].id if missed and missed[-1].id is not None else last_event_id
-        floor = bus.position(newest)
+        floor = _position(bus, newest)
         if floor is None:
             return lambda frame: frame.id in replayed
 
-        def already_sent(frame: Frame) -> bool:
+        def already_sent(frame: Frame) -> bool | None:
             if frame.id in replayed:
                 return True
-            position = bus.position(frame.id) if frame.id is not None else None
-            return position is not None and position <= floor
+            position = _position(bus, frame.id) if frame.id is not None else None
+            return None if position is None else position <= floor
 
         return already_sent
 

@@ -13,12 +13,15 @@ from ._frame import Frame
 from ._metrics import Metrics
 from ._subscription import EVERYTHING, Subscription
 
-__all__ = ["SseConnection", "Write"]
+__all__ = ["AlreadySent", "SseConnection", "Write"]
 
 logger = logging.getLogger("ssebus")
 
 #: Writes bytes to the client (e.g. one ASGI ``http.response.body`` message).
 Write = Callable[[bytes], Awaitable[None]]
+#: After a resume: True if the client already has ``frame``, False if it is the first new
+#: one (the catch-up is over), None if it is new but says nothing of the catch-up.
+AlreadySent = Callable[[Frame], "bool | None"]
 
 
 class SseConnection:
@@ -43,12 +46,12 @@ class SseConnection:
         "_prelude_slot",
         "_queue",
         "_scope",
+        "_subscription",
         "_uncounted",
         "_waiter",
         "_writing_since",
         "close_reason",
         "id",
-        "subscription",
         "write_timeout",
     )
 
@@ -63,7 +66,7 @@ class SseConnection:
         expired: bytes = b"",
     ) -> None:
         self.id = connection_id
-        self.subscription = subscription
+        self._subscription = subscription
         #: Seconds one write may take; enforced by :meth:`check_write` (the broadcaster's
         #: watchdog calls it), so a write costs no timer of its own.
         self.write_timeout = write_timeout
@@ -86,11 +89,21 @@ class SseConnection:
         self._aborted = False
         self._writing_since: float | None = None
         self._expired = expired
-        self._already_sent: Callable[[Frame], bool] | None = None
+        self._already_sent: AlreadySent | None = None
 
     def __repr__(self) -> str:
         state = f"closed: {self.close_reason}" if self.close_reason else "open"
         return f"<SseConnection {self.id} {state}>"
+
+    @property
+    def subscription(self) -> Subscription:
+        """What the connection may receive; fixed for its life (the registry indexes it)."""
+        return self._subscription
+
+    @property
+    def catching_up(self) -> bool:
+        """True while live frames may still repeat what the resume replayed."""
+        return self._already_sent is not None
 
     @property
     def closed(self) -> bool:
@@ -105,9 +118,11 @@ class SseConnection:
             self._held.append(frame)
             return len(self._held) <= self._max_queue
         if self._already_sent is not None and frame.id is not None:
-            if self._already_sent(frame):
+            seen = self._already_sent(frame)
+            if seen:
                 return True
-            self._already_sent = None
+            if seen is False:
+                self._already_sent = None
         queue = self._queue
         if len(queue) >= self._max_queue + self._prelude_slot:
             return False
@@ -120,18 +135,21 @@ class SseConnection:
         self,
         prelude: bytes,
         frames: int = 0,
-        already_sent: Callable[[Frame], bool] | None = None,
+        already_sent: AlreadySent | None = None,
     ) -> None:
         """Start live delivery: ``prelude`` first, then frames held since registration.
 
         ``already_sent(frame)`` says whether the replay in ``prelude`` covered a frame:
-        such frames are skipped, among the held ones and among live ones until the first
-        that is new, so the hand-over from history to live has neither gap nor duplicate.
+        such frames are skipped, among the held ones and among live ones until the catch-up
+        is over, so the hand-over from history to live has neither gap nor duplicate.
         """
         held, self._held = self._held or [], None
-        fresh = held if already_sent is None else [f for f in held if not already_sent(f)]
-        if already_sent is not None and not any(f.id is not None for f in fresh):
-            self._already_sent = already_sent
+        fresh = held
+        if already_sent is not None:
+            verdicts = [(f, already_sent(f) if f.id is not None else None) for f in held]
+            fresh = [f for f, seen in verdicts if not seen]
+            if not any(seen is False for _, seen in verdicts):
+                self._already_sent = already_sent
         chunk = prelude + b"".join(f.data for f in fresh)
         if chunk:
             self._queue.insert(0, chunk)  # before a goodbye queued while held
@@ -199,9 +217,10 @@ class SseConnection:
     async def run(self, write: Write) -> None:
         """Write the prelude and then every queued frame until the connection closes.
 
-        A write that raises or outlasts ``write_timeout`` closes the connection; so does
-        :meth:`close`, and the subscription's ``expires_at`` passing. Returns once nothing
-        more will be written; never raises for a client's failure.
+        A write that raises closes the connection, as does one that outlasts
+        ``write_timeout`` once :meth:`check_write` sees it (the broadcaster's watchdog
+        calls it); so do :meth:`close` and the subscription's ``expires_at`` passing.
+        Returns once nothing more will be written; never raises for a client's failure.
         """
         with anyio.CancelScope() as self._scope:
             expires_at = self.subscription.expires_at
@@ -220,12 +239,11 @@ class SseConnection:
         made per wake-up of every connection feeds the garbage collector.
         """
         if remaining is not None:
-            expires = time.monotonic() + remaining
             deadline = anyio.current_time() + remaining  # on the event loop's own clock
         loop = asyncio_loop()
         spare: list[bytes] = []
         while not self._aborted:
-            if remaining is not None and time.monotonic() >= expires:
+            if remaining is not None and anyio.current_time() >= deadline:
                 return False
             batch = self._queue
             if batch:
