@@ -127,6 +127,11 @@ class Broadcaster:
         self._heartbeat_scope: anyio.CancelScope | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
         self._watch: DisconnectWatch | None = None
+        # The last frame of a stream whose credentials expired: no id, so the client
+        # resumes from where it was once it has new ones.
+        self._expired = self.encoder.encode(
+            ServerSentEvent.json({"reason": "credentials-expired"}, event="credentials-expired")
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -389,7 +394,7 @@ class Broadcaster:
             write_timeout=self.write_timeout,
             metrics=self._metrics,
             subscription=subscription,
-            expired=self._expired() if subscription.expires_at is not None else b"",
+            expired=self._expired if subscription.expires_at is not None else b"",
         )
         try:
             self.registry.add(connection)
@@ -507,11 +512,6 @@ class Broadcaster:
                 event="reset",
                 id=anchor or "",
             )
-        )
-
-    def _expired(self) -> bytes:
-        return self.encoder.encode(
-            ServerSentEvent.json({"reason": "credentials-expired"}, event="credentials-expired")
         )
 
     def goodbye(self) -> bytes:
