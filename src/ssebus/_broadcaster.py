@@ -127,11 +127,7 @@ class Broadcaster:
         self._heartbeat_scope: anyio.CancelScope | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
         self._watch: DisconnectWatch | None = None
-        # The last frame of a stream whose credentials expired: no id, so the client
-        # resumes from where it was once it has new ones.
-        self._expired = self.encoder.encode(
-            ServerSentEvent.json({"reason": "credentials-expired"}, event="credentials-expired")
-        )
+        self._expired_frame: bytes | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -394,7 +390,7 @@ class Broadcaster:
             write_timeout=self.write_timeout,
             metrics=self._metrics,
             subscription=subscription,
-            expired=self._expired if subscription.expires_at is not None else b"",
+            expired=self._expired() if subscription.expires_at is not None else b"",
         )
         try:
             self.registry.add(connection)
@@ -513,6 +509,15 @@ class Broadcaster:
                 id=anchor or "",
             )
         )
+
+    def _expired(self) -> bytes:
+        """The last frame of a stream whose credentials expired, encoded on first use. It
+        has no id, so the client resumes from where it was once it has new credentials."""
+        if self._expired_frame is None:
+            self._expired_frame = self.encoder.encode(
+                ServerSentEvent.json({"reason": "credentials-expired"}, event="credentials-expired")
+            )
+        return self._expired_frame
 
     def goodbye(self) -> bytes:
         """The last frame of a stream at shutdown: a ``retry:`` drawn from ``reconnect_jitter``."""
