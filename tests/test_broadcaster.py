@@ -22,6 +22,7 @@ import anyio.abc
 import anyio.lowlevel
 import pytest
 from domain import DomainEvent, OrderCreatedDomainEvent, OrderStatusChangedDomainEvent
+from encoders import CountingEncoder
 
 from ssebus import (
     Broadcaster,
@@ -35,7 +36,6 @@ from ssebus import (
     ServerSentEvent,
     SseBroadcaster,
     SseConnection,
-    StandardFrameEncoder,
 )
 from ssebus.testing import EventStreamParser, ParsedEvent, parse_events
 
@@ -297,15 +297,6 @@ async def test_events_of_different_types_keep_their_relative_order() -> None:
 
 
 async def test_each_event_is_encoded_once_and_the_same_bytes_reach_every_client() -> None:
-    class CountingEncoder:
-        def __init__(self) -> None:
-            self.outputs: list[bytes] = []
-
-        def encode(self, event: ServerSentEvent) -> bytes:
-            data = StandardFrameEncoder().encode(event)
-            self.outputs.append(data)
-            return data
-
     encoder = CountingEncoder()
     async with pipeline(encoder=encoder) as (bus, broadcaster, tasks):
         clients = [await join(tasks, broadcaster) for _ in range(10)]

@@ -46,6 +46,7 @@ import anyio.abc
 import coredis
 import httpx
 import pytest
+from encoders import CountingEncoder
 from httpx_sse import ServerSentEvent as ReceivedSse
 from httpx_sse import aconnect_sse
 from redis_support import REDIS_URL
@@ -67,7 +68,6 @@ from ssebus import (
     ServerSentEvent,
     SseConnection,
     SseEndpoint,
-    StandardFrameEncoder,
     Subscription,
 )
 from ssebus._metrics import Metrics
@@ -650,15 +650,6 @@ async def test_broadcast_refuses_a_plain_str_as_topics() -> None:
 
 
 async def test_each_frame_is_encoded_once_whatever_the_audiences() -> None:
-    class CountingEncoder:
-        def __init__(self) -> None:
-            self.outputs: list[bytes] = []
-
-        def encode(self, event: ServerSentEvent) -> bytes:
-            data = StandardFrameEncoder().encode(event)
-            self.outputs.append(data)
-            return data
-
     encoder = CountingEncoder()
     subscriptions = [
         Subscription("acme"),
