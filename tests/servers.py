@@ -167,6 +167,24 @@ def run_server(
         server.assert_stopped_cleanly(code)
 
 
+def uvicorn_command(factory: str, port: int, *options: str) -> list[str]:
+    """``uvicorn --factory`` serving ``module:function`` on 127.0.0.1:``port``."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        factory,
+        *options,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+
+
 def app_command(server: str, factory: str, port: int, *, graceful: bool) -> list[str]:
     """The command line that serves ``tests.apps:<factory>`` with ``server`` on ``port``."""
     if server not in SERVERS:
@@ -174,19 +192,7 @@ def app_command(server: str, factory: str, port: int, *, graceful: bool) -> list
     if graceful:
         return [sys.executable, str(APPS), server, factory, "--port", str(port)]
     if server == "uvicorn":
-        return [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            f"tests.apps:{factory}",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ]
+        return uvicorn_command(f"tests.apps:{factory}", port)
     # --workers 0: serve in this process rather than in a spawned worker, so SIGINT
     # reaches the server directly and a kill leaves no orphan behind.
     return [

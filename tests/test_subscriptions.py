@@ -32,7 +32,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -50,7 +49,7 @@ from encoders import CountingEncoder
 from httpx_sse import ServerSentEvent as ReceivedSse
 from httpx_sse import aconnect_sse
 from redis_support import REDIS_URL
-from servers import ROOT, ServerProcess, free_port, run_server
+from servers import ROOT, ServerProcess, free_port, run_server, uvicorn_command
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -1026,21 +1025,9 @@ def tenant_app() -> Starlette:
 @contextmanager
 def serve_tenant_app(env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--factory",
-        "test_subscriptions:tenant_app",
-        "--app-dir",
-        str(ROOT / "tests"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
+    command = uvicorn_command(
+        "test_subscriptions:tenant_app", port, "--app-dir", str(ROOT / "tests")
+    )
     with run_server(command, port, env=env) as server:
         yield server
 
