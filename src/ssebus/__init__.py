@@ -6,7 +6,7 @@ history and each connection's bounded queue -> writer -> the client.
 
 from ._asgi import Authorize, Refusal, SseEndpoint
 from ._broadcaster import Broadcaster
-from ._bus import InMemoryEventBus, delivery_id
+from ._bus import BusGap, EventBusBase, InMemoryEventBus, delivery_position
 from ._connection import SseConnection
 from ._encoder import StandardFrameEncoder, encode_comment, encode_event
 from ._event import JsonDumps, ServerSentEvent, compact_json
@@ -20,12 +20,10 @@ from ._exceptions import (
 )
 from ._frame import Frame
 from ._history import InMemoryHistory
-from ._ids import SequentialIdGenerator
 from ._mapping import EventMap, Route
 from ._metrics import MetricsHook, MetricsSnapshot
 from ._protocols import (
     EventHistory,
-    EventIdGenerator,
     FrameEncoder,
     Handler,
     IEventBus,
@@ -40,15 +38,13 @@ from ._types import Scope
 
 __all__ = [
     "Authorize",
-    "Refusal",
-    "ReplayableEventBus",
-    "SseEndpoint",
     "Broadcaster",
+    "BusGap",
     "BusUnavailableError",
     "ClosedError",
     "ConfigurationError",
+    "EventBusBase",
     "EventHistory",
-    "EventIdGenerator",
     "EventMap",
     "Frame",
     "FrameEncoder",
@@ -62,19 +58,21 @@ __all__ = [
     "JsonDumps",
     "MetricsHook",
     "MetricsSnapshot",
+    "Refusal",
+    "ReplayableEventBus",
     "Route",
-    "SequentialIdGenerator",
+    "Scope",
     "SerializationError",
     "ServerSentEvent",
     "SseBroadcaster",
     "SseBusError",
-    "Scope",
     "SseConnection",
-    "Subscription",
+    "SseEndpoint",
     "StandardFrameEncoder",
+    "Subscription",
     "Unsubscribe",
     "compact_json",
-    "delivery_id",
+    "delivery_position",
     "encode_comment",
     "encode_event",
 ]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import random
 import time
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
 from typing import Literal
@@ -15,19 +16,19 @@ import anyio
 import anyio.abc
 from typing_extensions import Self
 
-from ._bus import delivery_id
-from ._connection import AlreadySent, SseConnection
+from ._bus import BusGap, delivery_position
+from ._connection import SseConnection
 from ._encoder import StandardFrameEncoder
 from ._event import JsonDumps, ServerSentEvent, compact_json
 from ._exceptions import ClosedError, ConfigurationError
 from ._frame import Frame
 from ._history import InMemoryHistory
-from ._ids import SequentialIdGenerator
 from ._mapping import EventMap
 from ._metrics import Metrics, MetricsHook, MetricsSnapshot
+from ._outbox import OutboxFull
+from ._position import PositionCodec
 from ._protocols import (
     EventHistory,
-    EventIdGenerator,
     FrameEncoder,
     IEventBus,
     ISseClientRegistry,
@@ -35,9 +36,11 @@ from ._protocols import (
     Unsubscribe,
 )
 from ._registry import InMemoryClientRegistry
+from ._resume import Replay
+from ._seam import Background
 from ._subscription import EVERYTHING, Subscription, topic_set
 from ._types import Receive
-from ._watch import DisconnectWatch
+from ._watch import watch_disconnect
 
 __all__ = ["Broadcaster"]
 
@@ -46,13 +49,9 @@ logger = logging.getLogger("ssebus")
 HeartbeatStyle = Literal["comment", "event"]
 
 
-def _position(bus: ReplayableEventBus, event_id: str) -> tuple[int, ...] | None:
-    """``bus.position(event_id)``; a bus that fails on an id it does not know says None."""
-    try:
-        return bus.position(event_id)
-    except Exception:
-        logger.warning("%r.position(%r) failed; taken as not a log entry", bus, event_id)
-        return None
+def _positive_int(setting: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(setting, value, "must be an int >= 1")
 
 
 class Broadcaster:
@@ -61,13 +60,18 @@ class Broadcaster:
     heartbeat task, and on exit closes every connection and leaves no task behind.
 
     * ``events`` says which domain events are broadcast, under which name and payload.
-    * ``history`` keeps recent frames for resume (default: the last 1,000 in memory).
-    * ``heartbeat`` is the ping interval in seconds (None: off). The default ``"comment"``
-      style sends ``: ping``, which every client ignores and which never touches the last
-      event id; ``"event"`` sends ``event: ping`` carrying the id of the newest event, as
-      the original design does, so resuming after it still replays from the right place.
-    * ``max_queue`` frames may wait per connection; a client further behind is evicted and
-      resumes from history when it reconnects. ``write_timeout`` bounds one write.
+    * Every frame gets a position in one order (this broadcaster's, or the bus's when it is
+      a :class:`ReplayableEventBus`), carried by an opaque id that reveals no counts and
+      means nothing to another tenant. ``history`` keeps recent frames per tenant for
+      resume (default: the last 1,000 per tenant in memory); a replayable bus is asked for
+      what it no longer holds. A replay goes in pages of ``replay_page`` frames, at most
+      ``replay_concurrency`` pages being built at once, and at most ``max_replay`` frames
+      (beyond: a ``reset``).
+    * ``heartbeat`` is the ping interval in seconds (None: off): ``: ping`` by default,
+      ``event: ping`` (no id, so it never moves the client's position) with ``"event"``.
+    * ``max_queue`` frames and ``max_queue_bytes`` bytes may wait per connection; a client
+      further behind is evicted and resumes when it reconnects. ``write_timeout`` bounds
+      one write.
     * On shutdown each connection gets a final ``retry:`` drawn from ``reconnect_jitter``
       (milliseconds, low and high) so clients do not all come back at once.
     """
@@ -79,23 +83,32 @@ class Broadcaster:
         *,
         registry: ISseClientRegistry | None = None,
         encoder: FrameEncoder | None = None,
-        ids: EventIdGenerator | None = None,
         history: EventHistory | None = None,
         dumps: JsonDumps = compact_json,
         heartbeat: float | None = 15.0,
         heartbeat_style: HeartbeatStyle = "comment",
         max_queue: int = 1024,
+        max_queue_bytes: int = 4 << 20,
         write_timeout: float | None = 10.0,
         shutdown_timeout: float = 5.0,
         reconnect_jitter: tuple[int, int] = (1000, 5000),
+        max_replay: int = 10_000,
+        replay_page: int = 100,
+        replay_concurrency: int = 2,
         metrics_hook: MetricsHook | None = None,
     ) -> None:
         if heartbeat is not None and not heartbeat > 0:
             raise ConfigurationError("heartbeat", heartbeat, "must be > 0 seconds, or None")
         if heartbeat_style not in ("comment", "event"):
             raise ConfigurationError("heartbeat_style", heartbeat_style, "is comment or event")
-        if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
-            raise ConfigurationError("max_queue", max_queue, "must be an int >= 1")
+        for setting, value in (
+            ("max_queue", max_queue),
+            ("max_queue_bytes", max_queue_bytes),
+            ("max_replay", max_replay),
+            ("replay_page", replay_page),
+            ("replay_concurrency", replay_concurrency),
+        ):
+            _positive_int(setting, value)
         if write_timeout is not None and not write_timeout > 0:
             raise ConfigurationError("write_timeout", write_timeout, "must be > 0, or None")
         low, high = reconnect_jitter
@@ -108,25 +121,38 @@ class Broadcaster:
             registry if registry is not None else InMemoryClientRegistry()
         )
         self.encoder: FrameEncoder = encoder if encoder is not None else StandardFrameEncoder()
-        self.ids: EventIdGenerator = ids if ids is not None else SequentialIdGenerator()
         self.history: EventHistory = history if history is not None else InMemoryHistory()
         self.dumps = dumps
         self.heartbeat = heartbeat
         self.heartbeat_style = heartbeat_style
         self.max_queue = max_queue
+        self.max_queue_bytes = max_queue_bytes
         self.write_timeout = write_timeout
         self.shutdown_timeout = shutdown_timeout
         self.reconnect_jitter = reconnect_jitter
         self._metrics = Metrics(metrics_hook)
+        self._replay = Replay(
+            self._page,
+            page=replay_page,
+            max_replay=max_replay,
+            concurrency=replay_concurrency,
+            metrics=self._metrics,
+            marker=self._marker,
+            reset=self._reset,
+            newest=lambda: self._latest,
+            decode=self._decode,
+            token=self._token,
+        )
+        self._positioned = isinstance(bus, ReplayableEventBus)
+        self._codec: PositionCodec | None = None
+        self._latest = 0
         self._connection_ids = itertools.count(1)
-        self._last_id: str | None = None
         self._state: Literal["new", "running", "closing", "closed"] = "new"
         self._stack = AsyncExitStack()
-        self._unsubscribe: Unsubscribe | None = None
+        self._unsubscribe: list[Unsubscribe] = []
         self._drained = anyio.Event()
         self._heartbeat_scope: anyio.CancelScope | None = None
-        self._tasks: anyio.abc.TaskGroup | None = None
-        self._watch: DisconnectWatch | None = None
+        self._background: Background | None = None
         self._expired_frame: bytes | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -135,23 +161,28 @@ class Broadcaster:
         if self._state != "new":
             raise ClosedError("a Broadcaster can be started once")
         tasks = await self._stack.enter_async_context(anyio.create_task_group())
-        self._tasks = tasks
-        self._watch = DisconnectWatch(tasks)
-        self._stack.push_async_callback(self._watch.aclose)
-        # The origin anchors resume: a client that connected before any event can still
-        # replay from it, and a reset always has an id to move the client to.
-        if isinstance(self.bus, ReplayableEventBus):
-            origin = self.bus.latest_id()
+        self._background = Background(tasks)
+        self._stack.push_async_callback(self._background.aclose)
+        bus = self.bus
+        if isinstance(bus, ReplayableEventBus):
+            self._codec = PositionCodec(bus.position_secret())
+            self._latest = bus.latest_position()
+            bus.partition_by(self._partition_of)
         else:
-            origin = self.ids.next_id()
-        self.history.append(Frame(origin, None, b""))
-        self._last_id = origin
-        self._unsubscribe = self.bus.subscribe(object, self.handle)
+            self._codec = PositionCodec(os.urandom(32))
+        start = getattr(self.history, "start", None)
+        if start is not None:
+            start(self._latest)
+        self._unsubscribe.append(bus.subscribe(object, self.handle))
+        on_gap = getattr(bus, "on_gap", None)
+        if on_gap is not None:
+            self._unsubscribe.append(on_gap(self._on_gap))
         self._state = "running"
         if self.heartbeat is not None:
             tasks.start_soon(self._heartbeat_loop, self.heartbeat)
         if self.write_timeout is not None:
             tasks.start_soon(self._write_watchdog, self.write_timeout)
+        self._tasks = tasks
         return self
 
     async def __aexit__(
@@ -161,8 +192,7 @@ class Broadcaster:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-        if self._tasks is not None:
-            self._tasks.cancel_scope.cancel()
+        self._tasks.cancel_scope.cancel()
         await self._stack.aclose()
         self._state = "closed"
 
@@ -176,8 +206,8 @@ class Broadcaster:
         if self._state != "running":
             return
         self._state = "closing"
-        if self._unsubscribe is not None:
-            self._unsubscribe()
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
         if self._heartbeat_scope is not None:
             self._heartbeat_scope.cancel()
         with anyio.CancelScope(shield=True):
@@ -201,18 +231,29 @@ class Broadcaster:
 
         An unmapped event is skipped (logged at debug level). A payload function that
         raises, or a payload that cannot be encoded, is logged with the event type and
-        drops only this event. The id is the bus's (:func:`ssebus.delivery_id`) when it
-        assigned one, else the next from ``ids``.
+        drops only this event. Its position is the bus's (:func:`ssebus.delivery_position`)
+        inside a handler of a replayable bus, the next of this broadcaster's own otherwise
+        (or, on a replayable bus, none: the frame is live only and never replayed).
         """
         if self._state != "running":
             raise ClosedError("the broadcaster is not running; use 'async with Broadcaster(...)'")
-        frame = self.render(event, delivery_id())
+        tick: int | None
+        if self._positioned:
+            tick = delivery_position()
+            if tick is not None and tick > self._latest:
+                self._latest = tick  # unmapped events move the position too
+        else:
+            tick = self._latest + 1
+        frame = self.render(event, tick)
         if frame is not None:
+            if frame.tick is not None and frame.tick > self._latest:
+                self._latest = frame.tick
             self._fan_out(frame)
         return frame
 
-    def render(self, event: object, event_id: str | None = None) -> Frame | None:
-        """The frame ``event`` is broadcast as, or None when it is unmapped or cannot be built."""
+    def render(self, event: object, tick: int | None = None) -> Frame | None:
+        """The frame ``event`` is broadcast as at position ``tick`` (None: ephemeral), or
+        None when it is unmapped or cannot be built."""
         route = self.events.route(event)
         if route is None:
             logger.debug("no SSE route for %s; not broadcast", type(event).__name__)
@@ -221,14 +262,17 @@ class Broadcaster:
             payload = route.payload(event)
             tenant, topics = route.audience(event, payload)
             message = ServerSentEvent.json(
-                payload, event=route.name, id=event_id or self.ids.next_id(), dumps=self.dumps
+                payload,
+                event=route.name,
+                id=None if tick is None else self._token(tenant, tick),
+                dumps=self.dumps,
             )
             data = self.encoder.encode(message)
-        except Exception:
+        except Exception as exc:
             self._metrics.events_dropped += 1
             self._metrics.emit("events_dropped", 1)
-            logger.exception(
-                "dropped %s: cannot build its %r event", type(event).__name__, route.name
+            logger.error(
+                "dropped %s: cannot build its %r event: %r", type(event).__name__, route.name, exc
             )
             return None
         allow = route.allow
@@ -239,6 +283,7 @@ class Broadcaster:
             tenant,
             topics,
             None if allow is None else lambda subscription: allow(event, subscription),
+            tick,
         )
 
     def broadcast(
@@ -248,79 +293,79 @@ class Broadcaster:
         tenant: str | None = None,
         topics: Collection[str] = frozenset(),
     ) -> Frame:
-        """Broadcast a ready-made event (given an id if it has none), bypassing the map,
-        to the connections ``tenant`` and ``topics`` select (default: everyone)."""
+        """Broadcast a ready-made event, bypassing the map, to the connections ``tenant``
+        and ``topics`` select (default: everyone). Its id is set to its position (a given
+        id is replaced: ids carry positions); on a replayable bus it is live only and has
+        no id, so it never moves a client's position."""
         if self._state != "running":
             raise ClosedError("the broadcaster is not running; use 'async with Broadcaster(...)'")
-        if message.id is None:
-            message = ServerSentEvent(
-                data=message.data,
-                event=message.event,
-                id=self.ids.next_id(),
-                retry=message.retry,
-                comment=message.comment,
-            )
         if tenant is not None and not isinstance(tenant, str):
             raise ConfigurationError("tenant", tenant, "must be a str or None")
-        frame = Frame(
-            message.id,
-            message.event,
-            self.encoder.encode(message),
-            tenant,
-            topic_set("topics", topics),
+        chosen = topic_set("topics", topics)
+        tick = None if self._positioned else self._latest + 1
+        message = ServerSentEvent(
+            data=message.data,
+            event=message.event,
+            id=None if tick is None else self._token(tenant, tick),
+            retry=message.retry,
+            comment=message.comment,
         )
+        frame = Frame(message.id, message.event, self.encoder.encode(message), tenant, chosen)
+        if tick is not None:
+            frame = Frame(frame.id, frame.event, frame.data, tenant, chosen, None, tick)
+            self._latest = tick
         self._fan_out(frame)
         return frame
 
     def _fan_out(self, frame: Frame) -> None:
         started = time.perf_counter()
-        if frame.id is not None:
+        registry = self.registry
+        if frame.tick is not None:
             self.history.append(frame)
-            self._last_id = frame.id
-        targets = self.registry.select(frame.tenant, frame.topics)
+            if frame.tenant is None and isinstance(registry, InMemoryClientRegistry):
+                if registry.tenants():
+                    for view, targets in registry.select_views(frame.topics):
+                        self._offer(frame.in_view(view, self._token), targets)
+                    self._published(started)
+                    return
+        self._offer(frame, registry.select(frame.tenant, frame.topics))
+        self._published(started)
+
+    def _offer(self, frame: Frame, targets: Sequence[SseConnection]) -> None:
         if frame.allow is None:
             for connection in targets:
-                if not connection.offer(frame):
+                try:
+                    connection.offer(frame)
+                except OutboxFull:
                     self._evict(connection)
         else:
             self._offer_allowed(frame, targets)
+
+    def _published(self, started: float) -> None:
         self._metrics.events_published += 1
         self._metrics.emit("events_published", 1)
         self._metrics.observe_broadcast(time.perf_counter() - started)
 
     def _offer_allowed(self, frame: Frame, targets: Sequence[SseConnection]) -> None:
-        """Offer ``frame`` to the ``targets`` its ``allow`` admits; an error means "no"."""
+        """Offer ``frame`` to the ``targets`` its ``allow`` admits (rule 8 of ``_resume``)."""
         allow = frame.allow
         assert allow is not None
-        failed: list[str] = []
+        failed = 0
+        error: BaseException | None = None
         for connection in targets:
             try:
                 admitted = allow(connection.subscription) is True
-            except Exception:
-                if not failed:
-                    logger.exception(
-                        "allow predicate of %r (id %s) failed for connection %s; not delivered",
-                        frame.event,
-                        frame.id,
-                        connection.id,
-                    )
-                failed.append(connection.id)
+            except Exception as exc:
+                failed += 1
+                error = exc
                 continue
-            if admitted and not connection.offer(frame):
-                self._evict(connection)
-        if failed:
-            self._predicate_failed(frame, failed)
-
-    def _predicate_failed(self, frame: Frame, connection_ids: Sequence[str]) -> None:
-        self._metrics.predicate_errors += len(connection_ids)
-        self._metrics.emit("predicate_errors", len(connection_ids))
-        if len(connection_ids) > 1:
-            logger.error(
-                "allow predicate of %r (id %s) failed for %d connections; not delivered to them",
-                frame.event,
-                frame.id,
-                len(connection_ids),
-            )
+            if admitted:
+                try:
+                    connection.offer(frame)
+                except OutboxFull:
+                    self._evict(connection)
+        if error is not None:
+            self._replay.predicate_failed(frame, failed, error)
 
     def _evict(self, connection: SseConnection) -> None:
         connection.abort(f"evicted: more than {self.max_queue} frames queued")
@@ -329,21 +374,41 @@ class Broadcaster:
         self._metrics.emit("evictions", 1)
         logger.warning("connection %s evicted: client too slow", connection.id)
 
+    async def _on_gap(self, gap: BusGap) -> None:
+        """The bus lost events: every connection gets a ``reset`` and moves past the gap."""
+        self._metrics.gaps += 1
+        self._metrics.emit("gaps", 1)
+        if gap.lost:
+            self._metrics.events_lost += gap.lost
+            self._metrics.emit("events_lost", gap.lost)
+        position = gap.position if gap.position is not None else self._latest
+        self._latest = position
+        start = getattr(self.history, "start", None)
+        if start is not None:
+            start(position)
+        resets: dict[str | None, bytes] = {}
+        for connection in self.registry.snapshot():
+            view = connection.subscription.tenant
+            data = resets.get(view)
+            if data is None:
+                data = resets[view] = self._reset(view, position, "", "events-lost")
+            if not connection.catching_up:
+                self._metrics.resets += 1
+                self._metrics.emit("resets", 1)
+            connection.reset(data, "events-lost", position)
+
     async def _heartbeat_loop(self, interval: float) -> None:
-        comment = Frame(None, None, self.encoder.encode(ServerSentEvent(comment="ping")))
+        style = self.heartbeat_style
+        ping = self.encoder.encode(
+            ServerSentEvent(comment="ping")
+            if style == "comment"
+            else ServerSentEvent(data="", event="ping")
+        )
         with anyio.CancelScope() as self._heartbeat_scope:
             while True:
                 await anyio.sleep(interval)
-                ping = comment
-                if self.heartbeat_style == "event":
-                    event = ServerSentEvent(data="", event="ping", id=self._last_id)
-                    ping = Frame(None, "ping", self.encoder.encode(event))
                 for connection in self.registry.snapshot():
-                    # A resumed client may be ahead of this instance's newest id: an id
-                    # ping would move it back.
-                    frame = comment if connection.catching_up else ping
-                    if not connection.offer(frame):
-                        self._evict(connection)
+                    connection.control(ping)
 
     async def _write_watchdog(self, limit: float) -> None:
         """Abort connections whose write has taken longer than ``limit`` seconds.
@@ -372,14 +437,14 @@ class Broadcaster:
     ) -> AsyncIterator[SseConnection]:
         """Register a connection; on exit it is closed and removed.
 
-        The stream starts with ``retry:`` (if given), then, when ``last_event_id`` is
-        given, every frame after it from history - or, when history does not cover it, a
-        ``reset`` event (data ``{"lastEventId": ..., "reason": "not-in-history"}``) telling
-        the client to reload its state - then live frames, with no gap and no duplicate.
-        ``subscription`` (default: every event without a tenant) filters both, and its
-        ``expires_at`` ends the stream with a ``credentials-expired`` event. ``watch``, an
-        ASGI ``receive``, is read until the client disconnects, which aborts the
-        connection, so a request needs no task group of its own (see ``DisconnectWatch``).
+        The stream starts with ``retry:`` (if given) and then either the client's position
+        (an ``id:`` alone, without ``last_event_id``) or what it missed since
+        ``last_event_id`` - or a ``reset`` event (data ``{"lastEventId": ..., "reason":
+        ...}``) telling it to reload - then live frames, with no gap and no duplicate (the
+        rules are in ``ssebus._resume``). ``subscription`` (default: every event without a
+        tenant) filters both, and its ``expires_at`` ends the stream with a
+        ``credentials-expired`` event. ``watch``, an ASGI ``receive``, is read until the
+        client disconnects, which aborts the connection.
         """
         if self._state != "running":
             raise ClosedError("the broadcaster is not running; no new connections")
@@ -387,6 +452,7 @@ class Broadcaster:
         connection = SseConnection(
             connection_id or f"conn-{next(self._connection_ids)}",
             max_queue=self.max_queue,
+            max_bytes=self.max_queue_bytes,
             write_timeout=self.write_timeout,
             metrics=self._metrics,
             subscription=subscription,
@@ -397,31 +463,14 @@ class Broadcaster:
         except BaseException:
             connection.dispose()
             raise
-        anchor = self._last_id
         stop_watching = None
-        if watch is not None and self._watch is not None:
-            stop_watching = self._watch.start(connection, watch)
+        if watch is not None and self._background is not None:
+            stop_watching = watch_disconnect(self._background, connection, watch)
         self._metrics.connections_opened += 1
         self._metrics.emit("connections_opened", 1)
         try:
-            prelude: list[bytes] = []
-            if retry is not None:
-                prelude.append(self.encoder.encode(ServerSentEvent(retry=retry)))
-            already_sent = None
-            if last_event_id:
-                missed: Sequence[Frame] | None = []
-                with anyio.CancelScope() as lookup:
-                    connection.guard(lookup)
-                    missed = await self._missed(last_event_id)
-                connection.guard(None)
-                if missed is None:
-                    prelude.append(self._reset(last_event_id, anchor))
-                else:
-                    prelude.extend(frame.data for frame in self._visible(connection, missed))
-                    already_sent = self._already_sent(last_event_id, missed)
-            connection.release(b"".join(prelude), len(prelude) - (retry is not None), already_sent)
-            if self._state != "running":
-                connection.close("server shutting down", final=self.goodbye())
+            prelude = b"" if retry is None else self.encoder.encode(ServerSentEvent(retry=retry))
+            self._replay.begin(connection, last_event_id, prelude)
             logger.debug("connection %s opened (last event id %r)", connection.id, last_event_id)
             yield connection
         finally:
@@ -437,57 +486,58 @@ class Broadcaster:
             if self._closing() and not len(self.registry):
                 self._drained.set()
 
-    async def _missed(self, last_event_id: str) -> Sequence[Frame] | None:
-        missed = await self.history.since(last_event_id)
-        if missed is None and isinstance(self.bus, ReplayableEventBus):
-            entries = await self.bus.replay(last_event_id)
-            if entries is not None:
-                rendered = (self.render(event, entry_id) for entry_id, event in entries)
-                missed = [frame for frame in rendered if frame is not None]
-        return missed
+    # -- positions -------------------------------------------------------------------------
 
-    def _visible(self, connection: SseConnection, frames: Sequence[Frame]) -> list[Frame]:
-        """The replayed ``frames`` this connection's subscription admits."""
-        subscription = connection.subscription
-        visible: list[Frame] = []
-        for frame in frames:
-            try:
-                if subscription.admits(frame):
-                    visible.append(frame)
-            except Exception:
-                logger.exception(
-                    "allow predicate of %r (id %s) failed for connection %s; not replayed",
-                    frame.event,
-                    frame.id,
-                    connection.id,
-                )
-                self._predicate_failed(frame, [connection.id])
-        return visible
-
-    def _already_sent(self, last_event_id: str, missed: Sequence[Frame]) -> AlreadySent:
-        """Whether a frame arriving live was part of the replay (or came before it).
-
-        With a replayable bus this compares log positions: an instance whose reader is
-        behind the client's id (or behind what ``replay`` just read from the log) will
-        still deliver those entries live, and the client must not get them twice. A frame
-        that is not a log entry (a ``broadcast``) is delivered and ends nothing.
-        """
-        replayed = {frame.id for frame in missed}
+    async def _page(
+        self, partitions: Collection[str | None], after: int, limit: int
+    ) -> Sequence[Frame] | None:
+        """The replay source: this process's history, then the bus's log."""
+        if after <= self._latest:
+            frames = await self.history.since(partitions, after, limit)
+            if frames is not None or not self._positioned:
+                return frames
+        elif not self._positioned:
+            return None  # from the future: an earlier process's position
         bus = self.bus
-        if not isinstance(bus, ReplayableEventBus):
-            return lambda frame: frame.id in replayed
-        newest = missed[-1].id if missed and missed[-1].id is not None else last_event_id
-        floor = _position(bus, newest)
-        if floor is None:
-            return lambda frame: frame.id in replayed
+        assert isinstance(bus, ReplayableEventBus)
+        try:
+            entries = await bus.replay(partitions, after, limit)
+        except Exception as exc:
+            logger.warning("%r.replay after a position failed (%r); client reset", bus, exc)
+            return None
+        if entries is None:
+            return None
+        return [
+            self.render(event, tick) or Frame(None, None, b"", tick=tick) for tick, event in entries
+        ]
 
-        def already_sent(frame: Frame) -> bool | None:
-            if frame.id in replayed:
-                return True
-            position = _position(bus, frame.id) if frame.id is not None else None
-            return None if position is None else position <= floor
+    def _partition_of(self, event: object) -> str | None:
+        """The tenant a domain event is retained under on a replayable bus."""
+        route = self.events.route(event)
+        if route is None:
+            return None
+        return route.audience(event, route.payload(event))[0]
 
-        return already_sent
+    def _token(self, view: str | None, tick: int) -> str:
+        assert self._codec is not None, "the broadcaster is not running"
+        return self._codec.token(view, tick)
+
+    def _decode(self, views: Iterable[str | None], last_event_id: str) -> int | None:
+        assert self._codec is not None
+        return self._codec.tick(views, last_event_id)
+
+    def _marker(self, view: str | None, tick: int) -> bytes:
+        """An ``id:`` alone: hands the client its position without dispatching an event."""
+        return self.encoder.encode(ServerSentEvent(id=self._token(view, tick)))
+
+    def _reset(self, view: str | None, tick: int, last_event_id: str, reason: str) -> bytes:
+        return self.encoder.encode(
+            ServerSentEvent.json(
+                {"lastEventId": last_event_id, "reason": reason},
+                event="reset",
+                id=self._token(view, tick),
+            )
+        )
 
     def _closing(self) -> bool:
         return self._state == "closing"
@@ -497,18 +547,14 @@ class Broadcaster:
         return self._metrics.snapshot(len(self.registry))
 
     @property
-    def last_event_id(self) -> str | None:
-        """The id of the newest frame broadcast (or of the origin, before any)."""
-        return self._last_id
+    def position(self) -> int:
+        """The position of the newest frame broadcast (0 before any, on a fresh bus)."""
+        return self._latest
 
-    def _reset(self, last_event_id: str, anchor: str | None) -> bytes:
-        return self.encoder.encode(
-            ServerSentEvent.json(
-                {"lastEventId": last_event_id, "reason": "not-in-history"},
-                event="reset",
-                id=anchor or "",
-            )
-        )
+    def position_id(self, tenant: str | None = None) -> str:
+        """The id that puts a client of ``tenant`` at the current position: a page that
+        loads state and then opens the stream with it (``?lastEventId=``) misses nothing."""
+        return self._token(tenant, self._latest)
 
     def _expired(self) -> bytes:
         """The last frame of a stream whose credentials expired, encoded on first use. It

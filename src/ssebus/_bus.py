@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -13,16 +17,31 @@ from typing_extensions import Self
 from ._exceptions import ClosedError, ConfigurationError
 from ._protocols import Handler, Unsubscribe
 
-__all__ = ["InMemoryEventBus", "SubscriberTable", "delivery_id"]
+__all__ = ["BusGap", "EventBusBase", "InMemoryEventBus", "SubscriberTable", "delivery_position"]
 
 logger = logging.getLogger("ssebus")
 
-_delivery_id: ContextVar[str | None] = ContextVar("ssebus_delivery_id", default=None)
+_delivery_position: ContextVar[int | None] = ContextVar("ssebus_delivery_position", default=None)
 
 
-def delivery_id() -> str | None:
-    """The id the bus gave the event being handled (a Redis stream entry id), if any."""
-    return _delivery_id.get()
+def delivery_position() -> int | None:
+    """The log position the bus gave the event being handled (its place in the bus's
+    total order, e.g. a Redis tick), or None on a bus that assigns none."""
+    return _delivery_position.get()
+
+
+@dataclass(frozen=True, slots=True)
+class BusGap:
+    """A bus noticed that events may have been lost on the way to this process.
+
+    ``lost`` is how many events it knows were lost (0 when it cannot tell), ``reason``
+    says why (``"resubscribed"``, ``"sequence-jump"``, ``"log-trimmed"``...), and
+    ``position`` is the bus position the gap ends at (None if unknown).
+    """
+
+    lost: int
+    reason: str
+    position: int | None = None
 
 
 E = TypeVar("E")
@@ -70,8 +89,8 @@ async def run_handler(handler: Handler[Any], event: object, limit: float | None)
     try:
         with anyio.move_on_after(limit) as scope:
             await handler(event)
-    except Exception:
-        logger.exception("handler %r failed on %s", handler, type(event).__name__)
+    except Exception as exc:
+        logger.error("handler %r failed on %s: %r", handler, type(event).__name__, exc)
         return
     if scope.cancelled_caught:
         logger.error("handler %r on %s cancelled after %s s", handler, type(event).__name__, limit)
@@ -82,19 +101,19 @@ async def dispatch(
     event: object,
     limit: float | None,
     *,
-    event_id: str | None = None,
+    position: int | None = None,
 ) -> None:
     """Run ``handlers`` on ``event`` concurrently and wait for them all.
 
-    ``event_id`` (a bus-assigned id, e.g. a Redis stream entry id) is what
-    :func:`delivery_id` returns inside the handlers.
+    ``position`` (a bus-assigned log position) is what :func:`delivery_position` returns
+    inside the handlers.
     """
-    if event_id is not None:
-        token = _delivery_id.set(event_id)
+    if position is not None:
+        token = _delivery_position.set(position)
         try:
             await dispatch(handlers, event, limit)
         finally:
-            _delivery_id.reset(token)
+            _delivery_position.reset(token)
         return
     if len(handlers) == 1:
         await run_handler(handlers[0], event, limit)
@@ -104,13 +123,14 @@ async def dispatch(
             tasks.start_soon(run_handler, handler, event, limit)
 
 
-class InMemoryEventBus:
-    """Delivers each published event to its subscribers in this process.
+GapHandler = Callable[[BusGap], Awaitable[None]]
 
-    The handlers of one event run concurrently and ``publish`` returns once they all have
-    finished; each gets at most ``handler_timeout`` seconds (None: no limit). A handler that
-    raises or overruns is logged with the event type; the others and the publisher carry on.
-    Publishing an event nobody subscribed to does nothing.
+
+class EventBusBase:
+    """What every bus shares: handlers by type, gap handlers, and delivery to both.
+
+    A custom bus derives from it, calls :meth:`deliver` for each event it receives (with
+    its log position, if it has one) and :meth:`report_gap` when it knows events were lost.
     """
 
     def __init__(self, *, handler_timeout: float | None = 30.0) -> None:
@@ -118,6 +138,77 @@ class InMemoryEventBus:
             raise ConfigurationError("handler_timeout", handler_timeout, "must be > 0 or None")
         self.handler_timeout = handler_timeout
         self._subscribers = SubscriberTable()
+        self._gap_handlers: list[GapHandler] = []
+
+    def subscribe(self, event_type: type[E], handler: Handler[E]) -> Unsubscribe:
+        """Call ``handler`` for every event of ``event_type`` or a subclass."""
+        return self._subscribers.subscribe(event_type, handler)
+
+    def on_gap(self, handler: GapHandler) -> Unsubscribe:
+        """Call ``handler`` with a :class:`BusGap` whenever events may have been lost."""
+        if not callable(handler):
+            raise ConfigurationError("handler", handler, "must be an async callable")
+        self._gap_handlers.append(handler)
+
+        def unsubscribe() -> None:
+            if handler in self._gap_handlers:
+                self._gap_handlers.remove(handler)
+
+        return unsubscribe
+
+    async def deliver(self, event: object, position: int | None = None) -> None:
+        """Run the handlers of ``event`` (see :func:`dispatch`)."""
+        handlers = self._subscribers.handlers_for(type(event))
+        if handlers:
+            await dispatch(handlers, event, self.handler_timeout, position=position)
+
+    async def report_gap(self, gap: BusGap) -> None:
+        """Tell every gap handler about ``gap``; a failing one is logged, never raised."""
+        logger.warning("%r: %d event(s) lost (%s)", self, gap.lost, gap.reason)
+        for handler in tuple(self._gap_handlers):
+            await run_handler(handler, gap, self.handler_timeout)
+
+
+class IdempotencyWindow:
+    """Keys seen in the last ``seconds``, so a retried publish is delivered once."""
+
+    def __init__(self, seconds: float, max_keys: int = 100_000) -> None:
+        if not seconds > 0:
+            raise ConfigurationError("dedupe_window", seconds, "must be > 0 seconds")
+        self.seconds = seconds
+        self.max_keys = max_keys
+        self._seen: OrderedDict[str, float] = OrderedDict()
+
+    def first_time(self, key: str) -> bool:
+        """Record ``key``; False when it was already seen within the window."""
+        now = time.monotonic()
+        seen = self._seen
+        while seen:
+            oldest, at = next(iter(seen.items()))
+            if now - at < self.seconds and len(seen) < self.max_keys:
+                break
+            del seen[oldest]
+        if key in seen:
+            return False
+        seen[key] = now
+        return True
+
+
+class InMemoryEventBus(EventBusBase):
+    """Delivers each published event to its subscribers in this process.
+
+    The handlers of one event run concurrently and ``publish`` returns once they all have
+    finished; each gets at most ``handler_timeout`` seconds (None: no limit). A handler that
+    raises or overruns is logged with the event type; the others and the publisher carry on.
+    Publishing an event nobody subscribed to does nothing. A publish given an
+    ``idempotency_key`` already seen in the last ``dedupe_window`` seconds does nothing.
+    """
+
+    def __init__(
+        self, *, handler_timeout: float | None = 30.0, dedupe_window: float = 300.0
+    ) -> None:
+        super().__init__(handler_timeout=handler_timeout)
+        self._dedupe = IdempotencyWindow(dedupe_window)
         self._closed = False
 
     async def __aenter__(self) -> Self:
@@ -131,14 +222,11 @@ class InMemoryEventBus:
     ) -> None:
         self._closed = True
 
-    def subscribe(self, event_type: type[E], handler: Handler[E]) -> Unsubscribe:
-        """Call ``handler`` for every published instance of ``event_type`` or a subclass."""
-        return self._subscribers.subscribe(event_type, handler)
-
-    async def publish(self, event: object) -> None:
+    async def publish(self, event: object, *, idempotency_key: str | None = None) -> None:
         """Deliver ``event`` to its handlers and wait for them."""
         if self._closed:
             raise ClosedError("the event bus is closed")
-        handlers = self._subscribers.handlers_for(type(event))
-        if handlers:
-            await dispatch(handlers, event, self.handler_timeout)
+        if idempotency_key is not None and not self._dedupe.first_time(idempotency_key):
+            logger.debug("publish with idempotency key %r already done; skipped", idempotency_key)
+            return
+        await self.deliver(event)

@@ -1,8 +1,7 @@
-"""``SseConnection``: one client's bounded outgoing queue and the writer that drains it."""
+"""``SseConnection``: one client's stream - its outbox, its position, and the writer."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -11,47 +10,43 @@ import anyio
 
 from ._frame import Frame
 from ._metrics import Metrics
+from ._outbox import Outbox
+from ._resume import Handover, Replay
 from ._subscription import EVERYTHING, Subscription
 
-__all__ = ["AlreadySent", "SseConnection", "Write"]
+__all__ = ["SseConnection", "Write"]
 
 logger = logging.getLogger("ssebus")
 
 #: Writes bytes to the client (e.g. one ASGI ``http.response.body`` message).
 Write = Callable[[bytes], Awaitable[None]]
-#: After a resume: True if the client already has ``frame``, False if it is the first new
-#: one (the catch-up is over), None if it is new but says nothing of the catch-up.
-AlreadySent = Callable[[Frame], "bool | None"]
 
 
 class SseConnection:
     """A client's stream: the broadcaster ``offer``s frames, :meth:`run` writes them out.
 
-    The queue holds at most ``max_queue`` frames. The broadcaster never waits on it: a full
-    queue means the client is not keeping up, and the connection is closed (evicted) so it
-    reconnects and resumes from history instead of growing memory or slowing others down.
-    Frames queued while the writer was busy are written together in one ``write``.
-    ``subscription`` says which frames the connection is offered; when it expires the
-    stream ends with ``expired`` (a final frame) instead of waiting for more.
+    Its outbox holds at most ``max_queue`` frames and ``max_bytes`` bytes; the broadcaster
+    never waits on it: a frame that does not fit raises ``OutboxFull`` and the connection is
+    evicted, so it reconnects and resumes instead of growing memory or slowing others down.
+    Frames queued while the writer was busy are written together in one ``write``. How it
+    resumes (held, then live) is the state machine of ``ssebus._resume``.
     """
 
     __slots__ = (
         "_aborted",
-        "_already_sent",
         "_closing",
         "_expired",
-        "_held",
-        "_max_queue",
+        "_handover",
         "_metrics",
-        "_prelude_slot",
-        "_queue",
+        "_prelude",
+        "_replay",
         "_scope",
         "_subscription",
-        "_uncounted",
-        "_waiter",
         "_writing_since",
         "close_reason",
         "id",
+        "outbox",
+        "position",
         "write_timeout",
     )
 
@@ -64,6 +59,7 @@ class SseConnection:
         metrics: Metrics,
         subscription: Subscription = EVERYTHING,
         expired: bytes = b"",
+        max_bytes: int = 1 << 20,
     ) -> None:
         self.id = connection_id
         self._subscription = subscription
@@ -72,24 +68,18 @@ class SseConnection:
         self.write_timeout = write_timeout
         #: Why the connection closed, once it has (``"client disconnected"``, ...).
         self.close_reason: str | None = None
-        self._max_queue = max_queue
+        #: The tick of the newest frame handed to this client (rule 5 of ``_resume``).
+        self.position = 0
+        self.outbox = Outbox(max_queue, max_bytes)
         self._metrics = metrics
-        # The queue is a plain list the writer swaps out whole: one wake-up, one write.
-        self._queue: list[bytes] = []
-        #: What the writer sleeps on, if it does (see :meth:`_pump`).
-        self._waiter: asyncio.Future[None] | anyio.Event | None = None
         self._closing = False
-        self._held: list[Frame] | None = []
-        # Frames the metrics have not counted yet: a prelude chunk stands for several
-        # frames, a final one for none.
-        self._uncounted = 0
-        # The prelude waits in the queue without taking a frame's place there.
-        self._prelude_slot = 0
-        self._scope: anyio.CancelScope | None = None
         self._aborted = False
+        self._scope: anyio.CancelScope | None = None
         self._writing_since: float | None = None
         self._expired = expired
-        self._already_sent: AlreadySent | None = None
+        self._handover: Handover | None = None
+        self._replay: Replay | None = None
+        self._prelude = b""
 
     def __repr__(self) -> str:
         state = f"closed: {self.close_reason}" if self.close_reason else "open"
@@ -102,81 +92,86 @@ class SseConnection:
 
     @property
     def catching_up(self) -> bool:
-        """True while live frames may still repeat what the resume replayed."""
-        return self._already_sent is not None
+        """True while it replays what it missed (HELD)."""
+        return self._handover is not None
 
     @property
     def closed(self) -> bool:
         """True once the connection was closed for any reason."""
         return self.close_reason is not None
 
-    def offer(self, frame: Frame) -> bool:
-        """Queue ``frame`` without waiting; False when the queue is full (the client lags)."""
-        if self._closing:
-            return True
-        if self._held is not None:
-            self._held.append(frame)
-            return len(self._held) <= self._max_queue
-        if self._already_sent is not None and frame.id is not None:
-            seen = self._already_sent(frame)
-            if seen:
-                return True
-            if seen is False:
-                self._already_sent = None
-        queue = self._queue
-        if len(queue) >= self._max_queue + self._prelude_slot:
-            return False
-        queue.append(frame.data)
-        if self._waiter is not None:
-            self._wake_up()
-        return True
+    @property
+    def closing(self) -> bool:
+        """True once nothing more will be queued."""
+        return self._closing
 
-    def release(
+    @property
+    def aborted(self) -> bool:
+        """True when the stream was cut short (evicted, write failed, client gone), so
+        ending the response properly is pointless or impossible."""
+        return self._aborted
+
+    def start(
         self,
         prelude: bytes,
-        frames: int = 0,
-        already_sent: AlreadySent | None = None,
+        position: int,
+        handover: Handover | None = None,
+        replay: Replay | None = None,
     ) -> None:
-        """Start live delivery: ``prelude`` first, then frames held since registration.
+        """Begin LIVE at ``position`` after ``prelude``, or HELD with ``handover``."""
+        self._prelude = prelude
+        self.position = position
+        self._handover = handover
+        self._replay = replay
 
-        ``already_sent(frame)`` says whether the replay in ``prelude`` covered a frame:
-        such frames are skipped, among the held ones and among live ones until the catch-up
-        is over, so the hand-over from history to live has neither gap nor duplicate.
-        """
-        held, self._held = self._held or [], None
-        fresh = held
-        if already_sent is not None:
-            verdicts = [(f, already_sent(f) if f.id is not None else None) for f in held]
-            fresh = [f for f, seen in verdicts if not seen]
-            if not any(seen is False for _, seen in verdicts):
-                self._already_sent = already_sent
-        chunk = prelude + b"".join(f.data for f in fresh)
-        if chunk:
-            self._queue.insert(0, chunk)  # before a goodbye queued while held
-            self._uncounted += frames + len(fresh) - 1
-            self._prelude_slot = 1
+    def offer(self, frame: Frame) -> None:
+        """Queue ``frame`` without waiting; raises ``OutboxFull`` when the client lags."""
+        if self._closing:
+            return
+        handover = self._handover
+        if handover is not None:
+            handover.hold(self, frame)
+            return
+        tick = frame.tick  # rule 5
+        if tick is not None:
+            if tick <= self.position:
+                return
+            self.position = tick
+        self.outbox.put_nowait(frame.data)
+
+    def control(self, data: bytes) -> None:
+        """Queue a frame that is no event (a ping), outside the bounds."""
+        if not self._closing:
+            self.outbox.put_control(data)
+
+    def reset(self, data: bytes, reason: str, position: int) -> None:
+        """A bus gap: queue ``data`` (a reset moving the client to ``position``)."""
+        if self._closing:
+            return
+        if self._handover is not None:
+            self._handover.pending_reset = (reason, position)
+            return
+        self.outbox.put_control(data)
+        self.position = position
 
     def close(self, reason: str, *, final: bytes = b"") -> None:
-        """Close the stream gracefully: queued frames, then ``final``, are still written."""
+        """Close the stream gracefully: queued frames, then ``final``, are still written
+        (if it was still catching up, what it held is dropped instead: rule 7)."""
         if self.close_reason is not None:
             return
         self.close_reason = reason
+        if self._handover is not None:
+            self.outbox.clear()
         if final:
-            self._queue.append(final)
-            self._uncounted -= 1
+            self.outbox.put_control(final)
         self._stop()
 
     def dispose(self) -> None:
         """Free the queue once nothing will run the connection any more."""
         self.abort(self.close_reason or "stream ended")
-        self._queue = []
-        self._held = None
-
-    def guard(self, scope: anyio.CancelScope | None) -> None:
-        """Let :meth:`abort` cancel ``scope`` (work done for this connection before ``run``)."""
-        self._scope = scope
-        if scope is not None and self._aborted:
-            scope.cancel()
+        self.outbox.release()
+        self._handover = None
+        self._replay = None
 
     def abort(self, reason: str) -> None:
         """Close the stream now: nothing more is written, a write in progress is cancelled."""
@@ -195,27 +190,30 @@ class SseConnection:
         if started is not None and timeout is not None and now - started > timeout:
             self._write_failed(f"write timed out after {timeout} s")
 
-    @property
-    def aborted(self) -> bool:
-        """True when the stream was cut short (evicted, write failed, client gone), so
-        ending the response properly is pointless or impossible."""
-        return self._aborted
-
     def _stop(self) -> None:
         self._closing = True
-        if self._waiter is not None:
-            self._wake_up()
+        self.outbox.wake()
 
-    def _wake_up(self) -> None:
-        waiter, self._waiter = self._waiter, None
-        if isinstance(waiter, asyncio.Future):
-            if not waiter.done():  # a cancelled sleep leaves a cancelled future
-                waiter.set_result(None)
-        elif waiter is not None:
-            waiter.set()
+    async def send(self, write: Write, data: bytes, events: int) -> bool:
+        """Write ``data`` (holding ``events`` event frames) under the watchdog; False once
+        the connection is aborted, by this write failing or otherwise."""
+        self._writing_since = time.monotonic()
+        try:
+            await write(data)
+        except Exception as exc:
+            self._write_failed(f"write failed: {exc!r}")
+            return False
+        finally:
+            self._writing_since = None
+        if events:
+            self._metrics.frames_sent += events
+            if self._metrics.hook is not None:
+                self._metrics.emit("frames_sent", events)
+        return not self._aborted
 
     async def run(self, write: Write) -> None:
-        """Write the prelude and then every queued frame until the connection closes.
+        """Write the prelude, what the client missed, then every queued frame until the
+        connection closes.
 
         A write that raises closes the connection, as does one that outlasts
         ``write_timeout`` once :meth:`check_write` sees it (the broadcaster's watchdog
@@ -223,6 +221,16 @@ class SseConnection:
         Returns once nothing more will be written; never raises for a client's failure.
         """
         with anyio.CancelScope() as self._scope:
+            if self._aborted:
+                return
+            handover = self._handover
+            if handover is not None:
+                assert self._replay is not None
+                if self._prelude and not await self.send(write, self._prelude, 0):
+                    return
+                self._prelude = b""
+                self.position = await handover.catch_up(self, self._replay, write)
+                self._handover = None
             expires_at = self.subscription.expires_at
             if expires_at is None:
                 await self._pump(write)
@@ -240,49 +248,28 @@ class SseConnection:
         """
         if remaining is not None:
             deadline = anyio.current_time() + remaining  # on the event loop's own clock
-        loop = asyncio_loop()
-        spare: list[bytes] = []
+        outbox = self.outbox
         while not self._aborted:
             if remaining is not None and anyio.current_time() >= deadline:
                 return False
-            batch = self._queue
-            if batch:
-                self._queue, spare = spare, batch  # two lists take turns: none made per write
-                data = batch[0] if len(batch) == 1 else b"".join(batch)
-                frames = len(batch) + self._uncounted
-                self._uncounted = self._prelude_slot = 0
-                batch.clear()
-                self._writing_since = time.monotonic()
-                try:
-                    await write(data)
-                except Exception as exc:
-                    self._write_failed(f"write failed: {exc!r}")
+            if len(outbox) or self._prelude:
+                batch, events = outbox.take()
+                if self._prelude:
+                    data = self._prelude + b"".join(batch)
+                    self._prelude = b""
+                else:
+                    data = batch[0] if len(batch) == 1 else b"".join(batch)
+                if not await self.send(write, data, events):
                     return True
-                finally:
-                    self._writing_since = None
-                if frames:
-                    self._metrics.frames_sent += frames
-                    if self._metrics.hook is not None:
-                        self._metrics.emit("frames_sent", frames)
                 continue
             if self._closing:
                 return True
-            # Sleep until offer() or a close: on asyncio on a bare future, a fraction of
-            # the time and memory of an event.
-            sleep: Awaitable[object]
-            if loop is not None:
-                sleep = self._waiter = loop.create_future()
+            sleep = outbox.waiting()
+            if remaining is None:
+                await sleep
             else:
-                event = self._waiter = anyio.Event()
-                sleep = event.wait()
-            try:
-                if remaining is None:
+                with anyio.CancelScope(deadline=deadline):
                     await sleep
-                else:
-                    with anyio.CancelScope(deadline=deadline):
-                        await sleep
-            finally:
-                self._waiter = None
         return True
 
     def _write_failed(self, reason: str) -> None:
@@ -291,11 +278,3 @@ class SseConnection:
         self._metrics.write_errors += 1
         self._metrics.emit("write_errors", 1)
         self.abort(reason)
-
-
-def asyncio_loop() -> asyncio.AbstractEventLoop | None:
-    """The running asyncio loop, or None under another event loop (trio)."""
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None

@@ -58,4 +58,12 @@ class ClosedError(SseBusError, RuntimeError):
 
 
 class BusUnavailableError(SseBusError, ConnectionError):
-    """The event bus backend is unreachable, so the event was not published."""
+    """The event bus backend did not answer in time; the event may or may not be published.
+
+    ``idempotency_key`` (when the bus deduplicates) is the key that publish used: a retry
+    with it, within the bus's dedupe window, publishes the event at most once.
+    """
+
+    def __init__(self, message: str, *, idempotency_key: str | None = None) -> None:
+        super().__init__(message)
+        self.idempotency_key = idempotency_key

@@ -30,6 +30,9 @@ class MetricsSnapshot:
     write_errors: int
     evictions: int
     predicate_errors: int
+    resets: int
+    gaps: int
+    events_lost: int
     broadcast_count: int
     broadcast_seconds_sum: float
     broadcast_seconds_max: float
@@ -43,8 +46,9 @@ class Metrics:
     """Mutable counters owned by one broadcaster; ``hook`` sees every change as it happens.
 
     Hook names: ``connections_opened``, ``connections_closed``, ``events_published``,
-    ``events_dropped``, ``frames_sent``, ``write_errors``, ``evictions``, ``predicate_errors``
-    (increments) and
+    ``events_dropped``, ``frames_sent``, ``write_errors``, ``evictions``, ``predicate_errors``,
+    ``resets`` (a client told to reload), ``gaps`` (the bus lost events) and ``events_lost``
+    (how many; increments) and
     ``broadcast_seconds`` (one observation per broadcast).
     """
 
@@ -57,6 +61,9 @@ class Metrics:
         self.write_errors = 0
         self.evictions = 0
         self.predicate_errors = 0
+        self.resets = 0
+        self.gaps = 0
+        self.events_lost = 0
         self.broadcast_count = 0
         self.broadcast_seconds_sum = 0.0
         self.broadcast_seconds_max = 0.0
@@ -72,6 +79,9 @@ class Metrics:
             write_errors=self.write_errors,
             evictions=self.evictions,
             predicate_errors=self.predicate_errors,
+            resets=self.resets,
+            gaps=self.gaps,
+            events_lost=self.events_lost,
             broadcast_count=self.broadcast_count,
             broadcast_seconds_sum=self.broadcast_seconds_sum,
             broadcast_seconds_max=self.broadcast_seconds_max,

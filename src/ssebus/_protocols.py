@@ -1,8 +1,8 @@
 """The contracts between ssebus's parts, as ``typing.Protocol``s.
 
 Any object with the right methods fits; the defaults are ``InMemoryEventBus``,
-``InMemoryClientRegistry``, ``Broadcaster``, ``StandardFrameEncoder``,
-``SequentialIdGenerator`` and ``InMemoryHistory``.
+``InMemoryClientRegistry``, ``Broadcaster``, ``StandardFrameEncoder`` and
+``InMemoryHistory``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
+    from ._bus import BusGap
     from ._connection import SseConnection
     from ._event import ServerSentEvent
     from ._frame import Frame
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EventHistory",
-    "EventIdGenerator",
     "FrameEncoder",
     "Handler",
     "IEventBus",
@@ -43,8 +43,12 @@ Unsubscribe = Callable[[], None]
 class IEventBus(Protocol):
     """Carries domain events from publishers to subscribers."""
 
-    async def publish(self, event: object) -> None:
-        """Deliver ``event`` to every handler subscribed to its type or a base of it."""
+    async def publish(self, event: object, *, idempotency_key: str | None = None) -> None:
+        """Deliver ``event`` to every handler subscribed to its type or a base of it.
+
+        A publish repeated with the same ``idempotency_key`` within the bus's dedupe
+        window is delivered once, so a caller may retry one that raised.
+        """
 
     def subscribe(self, event_type: type[E], handler: Handler[E]) -> Unsubscribe:
         """Call ``handler`` for every published instance of ``event_type``."""
@@ -52,23 +56,34 @@ class IEventBus(Protocol):
 
 @runtime_checkable
 class ReplayableEventBus(IEventBus, Protocol):
-    """A bus with a durable, ordered log (Redis Streams): its entry ids become the SSE ids.
+    """A bus that puts every event in one total order shared by all processes (Redis).
 
-    While a handler runs, ``ssebus.delivery_id()`` returns the entry id of its event.
+    Each event gets a *position*, an int that grows with the order; while a handler runs,
+    ``ssebus.delivery_position()`` returns it. The broadcaster turns positions into opaque
+    SSE ids (``position_secret`` keys them the same on every instance), keeps its own
+    history by position, and asks ``replay`` for what its history no longer holds.
+    Events are retained per *partition* (the tenant of an event, None for none), so one
+    tenant's burst never trims another's history.
     """
 
-    def latest_id(self) -> str:
-        """The id of the newest entry this bus has seen (a position before any entry if none)."""
+    def partition_by(self, key: Callable[[object], str | None]) -> None:
+        """Retain each event this process publishes under ``key(event)`` (its tenant)."""
 
-    async def replay(self, after_id: str) -> Sequence[tuple[str, object]] | None:
-        """Entries after ``after_id``, oldest first, or None when the log no longer has it."""
+    def latest_position(self) -> int:
+        """The position of the newest event this process has delivered (0 before any)."""
 
-    def position(self, event_id: str) -> tuple[int, ...] | None:
-        """Where ``event_id`` sits in the log, comparable with ``<``; None if not an entry id.
+    def position_secret(self) -> bytes:
+        """A secret shared by every process on this bus, once the bus is running."""
 
-        Lets the broadcaster drop live entries a resuming client already has, when this
-        instance's reader is still behind the id the client brings.
-        """
+    def on_gap(self, handler: Callable[[BusGap], Awaitable[None]]) -> Unsubscribe:
+        """Call ``handler`` whenever events may have been lost on the way to this process."""
+
+    async def replay(
+        self, partitions: Collection[str | None], after: int, limit: int
+    ) -> Sequence[tuple[int, object]] | None:
+        """Up to ``limit`` events of ``partitions`` with a position after ``after``, in
+        order, as ``(position, event)``; None when the log no longer holds all of them
+        (trimmed, reset, unreachable, or a bus without a log)."""
 
 
 @runtime_checkable
@@ -80,22 +95,18 @@ class FrameEncoder(Protocol):
 
 
 @runtime_checkable
-class EventIdGenerator(Protocol):
-    """Hands out the ids of broadcast events, in increasing order; thread- and task-safe."""
-
-    def next_id(self) -> str:
-        """Return a new id, never handed out before by this generator."""
-
-
-@runtime_checkable
 class EventHistory(Protocol):
-    """Keeps recent frames so a reconnecting client can be sent what it missed."""
+    """Keeps recent frames, by partition (tenant), so a reconnecting client can be sent
+    what it missed."""
 
     def append(self, frame: Frame) -> None:
-        """Remember ``frame`` (which has an id) as the newest one."""
+        """Remember ``frame`` (which has a tick, newer than any before) as the newest one."""
 
-    async def since(self, last_event_id: str) -> Sequence[Frame] | None:
-        """Frames after ``last_event_id``, oldest first, or None when it is not covered."""
+    async def since(
+        self, partitions: Collection[str | None], after: int, limit: int
+    ) -> Sequence[Frame] | None:
+        """Up to ``limit`` frames of ``partitions`` after tick ``after``, oldest first, or
+        None when some of them may no longer be kept."""
 
 
 @runtime_checkable

@@ -48,8 +48,9 @@ class InMemoryClientRegistry:
         self._everyone = _Bucket()
         # topic (None: no topic filter) -> connections, over all tenants ...
         self._by_topic: _Index = {}
-        # ... and within each tenant.
+        # ... within each tenant, and for the connections without one.
         self._by_tenant: dict[str, _Index] = {}
+        self._tenantless: _Index = {}
 
     def __len__(self) -> int:
         return len(self._connections)
@@ -85,6 +86,22 @@ class InMemoryClientRegistry:
             del self._by_tenant[tenant]
         return connection
 
+    def tenants(self) -> bool:
+        """Whether any connection has a tenant (then tenant-less frames go out per view)."""
+        return bool(self._by_tenant)
+
+    def select_views(
+        self, topics: Collection[str]
+    ) -> list[tuple[str | None, Sequence[SseConnection]]]:
+        """The connections a tenant-less frame of ``topics`` is for, grouped by tenant."""
+        groups: list[tuple[str | None, Sequence[SseConnection]]] = [
+            (None, _select(self._tenantless, topics))
+        ]
+        groups.extend(
+            (tenant, _select(index, topics)) for tenant, index in self._by_tenant.items()
+        )
+        return groups
+
     def get(self, connection_id: str) -> SseConnection | None:
         """The connection with ``connection_id``, if registered."""
         return self._connections.get(connection_id)
@@ -97,28 +114,35 @@ class InMemoryClientRegistry:
         """The connections whose subscription matches a frame of ``tenant`` and ``topics``
         (see ``Subscription.matches``), each once."""
         index = self._by_topic if tenant is None else self._by_tenant.get(tenant)
-        if not index:
-            return ()
-        # A connection sits under its topics or under _ALL_TOPICS, never both: only the
-        # topic buckets can overlap.
-        everyone = index.get(_ALL_TOPICS)
-        buckets = [bucket for topic in topics if (bucket := index.get(topic)) is not None]
-        if not buckets:
-            return everyone.view() if everyone is not None else ()
-        if len(buckets) == 1:
-            topical = buckets[0].view()
-        else:
-            merged: dict[str, SseConnection] = {}
-            for bucket in buckets:
-                merged.update(bucket.members)
-            topical = tuple(merged.values())
-        return topical if everyone is None else everyone.view() + topical
+        return _select(index, topics) if index else ()
 
     def _keys(self, connection: SseConnection) -> list[tuple[_Index, str | None]]:
         subscription = connection.subscription
         topics = subscription.topics if subscription.topics is not None else (_ALL_TOPICS,)
         keys = [(self._by_topic, topic) for topic in topics]
-        if subscription.tenant is not None:
-            index = self._by_tenant.setdefault(subscription.tenant, {})
-            keys.extend((index, topic) for topic in topics)
+        index = (
+            self._tenantless
+            if subscription.tenant is None
+            else self._by_tenant.setdefault(subscription.tenant, {})
+        )
+        keys.extend((index, topic) for topic in topics)
         return keys
+
+
+def _select(index: _Index, topics: Collection[str]) -> Sequence[SseConnection]:
+    """The connections of ``index`` that take a frame of ``topics``, each once."""
+    # A connection sits under its topics or under _ALL_TOPICS, never both: only the
+    # topic buckets can overlap.
+    everyone = index.get(_ALL_TOPICS)
+    buckets = [bucket for topic in topics if (bucket := index.get(topic)) is not None]
+    if not buckets:
+        return everyone.view() if everyone is not None else ()
+    if len(buckets) == 1:
+        topical = buckets[0].view()
+    else:
+        merged: dict[str, SseConnection] = {}
+        for bucket in buckets:
+            merged.update(bucket.members)
+        topical = tuple(merged.values())
+    return topical if everyone is None else everyone.view() + topical
+

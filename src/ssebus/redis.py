@@ -1,19 +1,40 @@
 """``RedisEventBus``: carry domain events between processes through Redis (needs coredis).
 
+Every published event gets a *position* (a "tick"): an int from one Redis counter, so the
+positions are contiguous (1, 2, 3...) and every process sees the same total order. While a
+handler runs, :func:`ssebus.delivery_position` returns it; the broadcaster turns it into an
+opaque SSE id keyed by :meth:`RedisEventBus.position_secret`, shared by every instance.
+
 Two modes:
 
-* ``"pubsub"`` - ``PUBLISH`` on a channel. At-most-once: a subscriber that is disconnected
-  misses what was published meanwhile; each time the subscription comes back the gap is
-  logged and counted in :attr:`RedisEventBus.gaps`.
-* ``"streams"`` - ``XADD`` to a stream (trimmed with ``MAXLEN ~ maxlen``), read with
-  ``XREAD BLOCK``. Every instance sees every entry once, in the stream's order, and the
-  entry id becomes the SSE id (:func:`ssebus.delivery_id`), so every process's broadcaster
-  emits identical ids and a client can resume on any instance. After a Redis outage the
-  listener resumes from the last id it saw, so nothing still in the stream is lost.
+* ``"streams"`` - each event is appended to a feed stream every instance reads (``XREAD
+  BLOCK``) and to a retention stream for its partition (its tenant, see
+  :meth:`RedisEventBus.partition_by`), each trimmed to ``maxlen`` on its own, so one
+  tenant's burst never shortens another's resume window. :meth:`RedisEventBus.replay`
+  pages through those streams; entries trimmed before a slow reader got them, or a log
+  reset, are reported through :meth:`RedisEventBus.on_gap`.
+* ``"pubsub"`` - each event is ``PUBLISH``-ed with its sequence number: a subscriber that
+  was disconnected misses what was published meanwhile, but it always knows how many
+  events it missed and reports them through :meth:`RedisEventBus.on_gap`. No replay.
 
-The wire format is JSON ``{"type": name, "data": {...}}`` (in streams mode the entry
-fields ``type`` and ``data``). Only registered types are ever decoded, see
-:meth:`RedisEventBus.register`.
+Keys (one hash tag per bus, so Redis Cluster keeps them in one slot; ``{s}`` is
+``{<stream>}``, ``{c}`` is ``{<channel>}``): streams mode ``{s}:tick`` (counter),
+``{s}:feed`` (every event, entry id ``<tick>-0``), ``{s}:global`` (events without a
+partition), ``{s}:tenant:<tenant>``; pub/sub mode ``{c}:seq`` (counter) and the channel
+itself; both ``{tag}:idem:<key>`` (idempotency keys, expire after ``dedupe_window``),
+``{tag}:secret`` and ``{tag}:epoch`` (a random value set by whoever starts a log, so a
+listener that reconnects to a flushed or restarted Redis knows the counter began again,
+however far publishes have taken it since). Entries and messages hold JSON ``{"type":
+name, "data": {...}}`` (stream fields ``type`` and ``data``; messages add ``seq``). Only
+registered types are decoded, see :meth:`RedisEventBus.register`.
+
+What a raised ``publish`` means: ``ConfigurationError`` (unregistered type),
+``SerializationError`` and ``ClosedError`` are raised before anything is sent: the event
+was not published. ``BusUnavailableError`` means Redis did not confirm within
+``publish_timeout``: the event may or may not have been published. Every publish carries
+an idempotency key (given, or generated and put on the error as ``idempotency_key``);
+retrying with ``idempotency_key=err.idempotency_key`` within ``dedupe_window`` seconds
+publishes it at most once in all.
 """
 
 from __future__ import annotations
@@ -21,8 +42,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
-from collections.abc import Callable, Mapping, Sequence
+import secrets
+import uuid
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
@@ -33,21 +55,22 @@ from typing_extensions import Self
 
 try:
     import coredis
+    from coredis.commands.script import Script
     from coredis.exceptions import ConnectionError as _RedisConnectionError
-    from coredis.exceptions import RedisError, ResponseError
+    from coredis.exceptions import RedisError
+    from coredis.retry import NoRetryPolicy
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "ssebus.redis needs coredis; install it with: pip install 'ssebus[redis]'"
     ) from exc
 
-from ._bus import SubscriberTable, dispatch
+from ._bus import BusGap, EventBusBase
 from ._exceptions import (
     BusUnavailableError,
     ClosedError,
     ConfigurationError,
     SerializationError,
 )
-from ._protocols import Handler, Unsubscribe
 
 __all__ = ["RedisEventBus"]
 
@@ -55,8 +78,8 @@ logger = logging.getLogger("ssebus.redis")
 
 E = TypeVar("E")
 Mode = Literal["pubsub", "streams"]
+PartitionKey = Callable[[object], "str | None"]
 
-_STREAM_ID = re.compile(r"\A(\d+)-(\d+)\Z")
 #: Errors that mean "Redis cannot be reached or used right now".
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     _RedisConnectionError,
@@ -65,17 +88,91 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 
+#: streams publish. KEYS: idempotency key, tick counter, feed, partition stream, epoch.
+#: ARGV: type, data, feed maxlen, partition maxlen, dedupe window (ms), a fresh epoch.
+#: -> {new?, tick}. The epoch is (re)created with the first tick of a new log.
+_PUBLISH_STREAMS = """
+local done = redis.call('GET', KEYS[1])
+if done then return {0, tonumber(done)} end
+redis.call('SET', KEYS[5], ARGV[6], 'NX')
+local tick = redis.call('INCR', KEYS[2])
+local id = string.format('%d-0', tick)
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], id, 'type', ARGV[1], 'data', ARGV[2])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], id, 'type', ARGV[1], 'data', ARGV[2])
+redis.call('SET', KEYS[1], tick, 'PX', ARGV[5])
+return {1, tick}
+"""
 
-def _parse_id(entry_id: str) -> tuple[int, int] | None:
-    match = _STREAM_ID.match(entry_id)
-    if match is None:
-        return None
-    return int(match.group(1)), int(match.group(2))
+#: pub/sub publish. KEYS: idempotency key, sequence counter, epoch.
+#: ARGV: channel, type as JSON, data (JSON), dedupe window (ms), a fresh epoch. -> {new?, seq}
+_PUBLISH_PUBSUB = """
+local done = redis.call('GET', KEYS[1])
+if done then return {0, tonumber(done)} end
+redis.call('SET', KEYS[3], ARGV[5], 'NX')
+local seq = redis.call('INCR', KEYS[2])
+local body = '{"type":' .. ARGV[2] .. ',"data":' .. ARGV[3] .. string.format(',"seq":%d}', seq)
+redis.call('PUBLISH', ARGV[1], body)
+redis.call('SET', KEYS[1], seq, 'PX', ARGV[4])
+return {1, seq}
+"""
 
+#: A listener's (re)connection. KEYS: epoch, secret, counter. ARGV: a fresh epoch, the
+#: secret to share (ours, or a fresh one). -> {epoch, secret, counter}: whoever creates
+#: a key first (after a log reset too) decides its value.
+_SYNC = """
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+redis.call('SET', KEYS[2], ARGV[2], 'NX')
+return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]), redis.call('GET', KEYS[3]) or '0'}
+"""
 
-def _id_key(entry_id: str) -> tuple[int, int]:
-    parsed = _parse_id(entry_id)
-    return parsed if parsed is not None else (0, 0)
+#: One replay page. KEYS: tick counter, partition streams. ARGV: after, limit.
+#: -> {1, tick, type, data, tick, type, data...} (at most limit entries, merged by tick),
+#: {-1} when after is past the counter (from the future, or the log was reset), {-2} when
+#: a partition was trimmed past after. A missing partition stream never held anything.
+_REPLAY = """
+local after, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+if after > tonumber(redis.call('GET', KEYS[1]) or '0') then return {-1} end
+local function tick(id) return tonumber(string.match(id, '^%d+')) end
+local pages, heads, at = {}, {}, {}
+for i = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    local info, f = redis.call('XINFO', 'STREAM', KEYS[i]), {}
+    for j = 1, #info, 2 do f[info[j]] = info[j + 1] end
+    local added = f['entries-added']
+    if not added or added > f['length'] then
+      local first = f['first-entry']
+      local floor = first and tick(first[1]) - 1 or tick(f['last-generated-id'])
+      if after < floor then return {-2} end
+    end
+    local deleted = f['max-deleted-entry-id']
+    if deleted and after < tick(deleted) then return {-2} end
+    local start = string.format('%d-0', after + 1)
+    local page = redis.call('XRANGE', KEYS[i], start, '+', 'COUNT', limit)
+    if #page > 0 then
+      pages[#pages + 1], heads[#heads + 1], at[#at + 1] = page, tick(page[1][1]), 1
+    end
+  end
+end
+local out, n = {1}, 0
+while n < limit do
+  local best = nil
+  for k = 1, #pages do
+    if heads[k] and (not best or heads[k] < heads[best]) then best = k end
+  end
+  if not best then break end
+  local fields, kind, data = pages[best][at[best]][2], false, false
+  for j = 1, #fields, 2 do
+    if fields[j] == 'type' then kind = fields[j + 1] end
+    if fields[j] == 'data' then data = fields[j + 1] end
+  end
+  out[#out + 1], out[#out + 2], out[#out + 3] = heads[best], kind, data
+  n = n + 1
+  at[best] = at[best] + 1
+  local following = pages[best][at[best]]
+  heads[best] = following and tick(following[1]) or nil
+end
+return out
+"""
 
 
 @dataclass(frozen=True)
@@ -86,19 +183,59 @@ class _Codec:
     decode: Callable[[Mapping[str, Any]], Any]
 
 
-class RedisEventBus:
-    """An :class:`ssebus.IEventBus` (and, in streams mode, a
-    :class:`ssebus.ReplayableEventBus`) shared by every process connected to one Redis.
+@dataclass(frozen=True)
+class _Keys:
+    """The Redis keys of one bus, all under one hash tag."""
 
-    Use it as an async context manager: it owns the listener task and the Redis client,
-    and leaving the context cancels the one and closes the other. ``publish`` sends the
-    event to Redis; every instance's listener (this one included) receives it and calls the
-    local subscribers, one event at a time in the order Redis gives them, each handler
-    bounded by ``handler_timeout`` seconds. Event types must be :meth:`register`-ed.
+    tag: str
+
+    @property
+    def counter(self) -> str:
+        return f"{self.tag}:tick"
+
+    @property
+    def seq(self) -> str:
+        return f"{self.tag}:seq"
+
+    @property
+    def feed(self) -> str:
+        return f"{self.tag}:feed"
+
+    @property
+    def secret(self) -> str:
+        return f"{self.tag}:secret"
+
+    @property
+    def epoch(self) -> str:
+        return f"{self.tag}:epoch"
+
+    def idempotency(self, key: str) -> str:
+        return f"{self.tag}:idem:{key}"
+
+    def partition(self, tenant: str | None) -> str:
+        return f"{self.tag}:global" if tenant is None else f"{self.tag}:tenant:{tenant}"
+
+
+def _tick(entry_id: object) -> int:
+    """The tick of a ``<tick>-0`` stream id (0 for anything else)."""
+    head, _, _ = str(entry_id).partition("-")
+    return int(head) if head.isdigit() else 0
+
+
+class RedisEventBus(EventBusBase):
+    """An :class:`ssebus.ReplayableEventBus` shared by every process connected to one Redis.
+
+    Use it as an async context manager: it owns the listener task and the Redis client.
+    ``publish`` runs one Lua script (deduplicate, number, append or publish); every
+    instance's listener (this one included) receives the event and calls the local
+    subscribers, one event at a time in tick order, each handler bounded by
+    ``handler_timeout`` seconds. Event types must be :meth:`register`-ed.
 
     If Redis is down the listener retries with exponential backoff between
-    ``reconnect_backoff`` (low, high) seconds, and ``publish`` raises
-    :class:`ssebus.BusUnavailableError` after at most ``publish_timeout`` seconds.
+    ``reconnect_backoff`` (low, high) seconds and reports what it missed through
+    :meth:`on_gap`; ``publish`` raises :class:`ssebus.BusUnavailableError` after at most
+    ``publish_timeout`` seconds. ``maxlen`` bounds each partition's retention stream and
+    ``feed_maxlen`` (default ``maxlen``) the feed every instance reads.
     """
 
     def __init__(
@@ -109,22 +246,27 @@ class RedisEventBus:
         channel: str = "domain-events",
         stream: str = "domain-events",
         maxlen: int = 10_000,
+        feed_maxlen: int | None = None,
+        partition: PartitionKey | None = None,
+        dedupe_window: float = 300.0,
         handler_timeout: float | None = 30.0,
         reconnect_backoff: tuple[float, float] = (0.1, 5.0),
         publish_timeout: float = 5.0,
         startup_timeout: float = 5.0,
         block_ms: int = 5_000,
     ) -> None:
+        super().__init__(handler_timeout=handler_timeout)
         if mode not in ("pubsub", "streams"):
             raise ConfigurationError("mode", mode, "is 'pubsub' or 'streams'")
-        if not channel:
-            raise ConfigurationError("channel", channel, "must be a non-empty string")
-        if not stream:
-            raise ConfigurationError("stream", stream, "must be a non-empty string")
-        if isinstance(maxlen, bool) or not isinstance(maxlen, int) or maxlen < 1:
-            raise ConfigurationError("maxlen", maxlen, "must be an int >= 1")
-        if handler_timeout is not None and not handler_timeout > 0:
-            raise ConfigurationError("handler_timeout", handler_timeout, "must be > 0 or None")
+        for setting, name in (("channel", channel), ("stream", stream)):
+            if not isinstance(name, str) or not name or "{" in name or "}" in name:
+                raise ConfigurationError(setting, name, "must be a non-empty string without { }")
+        feed_maxlen = maxlen if feed_maxlen is None else feed_maxlen
+        for setting, value in (("maxlen", maxlen), ("feed_maxlen", feed_maxlen)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(setting, value, "must be an int >= 1")
+        if not dedupe_window > 0:
+            raise ConfigurationError("dedupe_window", dedupe_window, "must be > 0 seconds")
         low, high = reconnect_backoff
         if not 0 < low <= high:
             raise ConfigurationError(
@@ -141,20 +283,32 @@ class RedisEventBus:
         self.channel = channel
         self.stream = stream
         self.maxlen = maxlen
-        self.handler_timeout = handler_timeout
+        self.feed_maxlen = feed_maxlen
+        self.dedupe_window = float(dedupe_window)
         self.reconnect_backoff = (float(low), float(high))
         self.publish_timeout = publish_timeout
         self.startup_timeout = startup_timeout
         self.block_ms = block_ms
-        #: How many times the pub/sub subscription dropped and came back (events may be lost).
+        #: How many gaps (events possibly lost on the way to this process) were reported.
         self.gaps = 0
         #: How many times the listener lost Redis and had to reconnect.
         self.reconnects = 0
-        self._subscribers = SubscriberTable()
+        self._keys = _Keys("{" + (stream if mode == "streams" else channel) + "}")
+        self._partition: PartitionKey | None = None
+        self._partition_warned = False
+        if partition is not None:
+            self.partition_by(partition)
         self._by_type: dict[type[Any], _Codec] = {}
         self._by_name: dict[str, _Codec] = {}
-        self._last_id: str | None = None
+        self._position = 0
+        self._baseline_taken = False
+        self._secret: bytes | None = None
+        self._epoch: str | None = None
         self._client: coredis.Redis[str] | None = None
+        self._reader: coredis.Redis[str] | None = None  # the listener's: no silent retries
+        self._publish_script: Script[str] | None = None
+        self._replay_script: Script[str] | None = None
+        self._sync_script: Script[str] | None = None
         self._stack = AsyncExitStack()
         self._state: Literal["new", "running", "closed"] = "new"
         self._ready = anyio.Event()
@@ -248,113 +402,148 @@ class RedisEventBus:
             return None
         return event
 
-    def _decode_entry(self, entry_id: str, fields: Mapping[Any, Any]) -> object | None:
-        where = f"stream {self.stream!r} entry {entry_id}"
-        try:
-            data = json.loads(fields.get("data", ""))
-        except (TypeError, ValueError) as exc:
-            logger.warning("skipped an entry whose data is not JSON at %s: %s", where, exc)
-            return None
-        return self._decode(fields.get("type"), data, where)
-
     # -- the bus ---------------------------------------------------------------------------
 
-    def subscribe(self, event_type: type[E], handler: Handler[E]) -> Unsubscribe:
-        """Call ``handler`` for every event of ``event_type`` (or a subclass) on the bus."""
-        return self._subscribers.subscribe(event_type, handler)
+    def partition_by(self, key: PartitionKey) -> None:
+        """Retain each event this process publishes under ``key(event)`` (its tenant).
 
-    async def publish(self, event: object) -> None:
-        """Send ``event`` to Redis; every instance's subscribers get it from its listener.
+        A key that raises or returns neither a str nor None puts the event in the
+        tenant-less partition (logged once).
+        """
+        if not callable(key):
+            raise ConfigurationError("partition", key, "must be a callable")
+        self._partition = key
 
-        Raises ``ConfigurationError`` for an unregistered type and ``BusUnavailableError``
-        when Redis does not take it within ``publish_timeout`` seconds.
+    def latest_position(self) -> int:
+        """The tick this process's listener has reached: the newest event it delivered, or
+        the newest on the bus when it started (0 before any)."""
+        return self._position
+
+    def position_secret(self) -> bytes:
+        """The 32 random bytes every instance of this bus shares (raises before it has them)."""
+        if self._secret is None:
+            raise ClosedError("the Redis event bus has no position secret until it connects")
+        return self._secret
+
+    async def publish(self, event: object, *, idempotency_key: str | None = None) -> None:
+        """Send ``event`` to Redis (at most once per ``idempotency_key`` within
+        ``dedupe_window``); every instance's subscribers get it from its listener.
+
+        See the module docstring for what each raised error means.
         """
         if self._state != "running" or self._client is None:
             raise ClosedError("the Redis event bus is not running; use 'async with bus'")
+        if idempotency_key is None:
+            idempotency_key = uuid.uuid4().hex
+        elif not isinstance(idempotency_key, str) or not idempotency_key:
+            raise ConfigurationError("idempotency_key", idempotency_key, "must be a non-empty str")
         name, data = self._encode(event)
-        client = self._client
+        keys = self._keys
+        window_ms = max(1, round(self.dedupe_window * 1000))
+        if self.mode == "streams":
+            partition = keys.partition(self._partition_of(event))
+            script_keys = [
+                keys.idempotency(idempotency_key),
+                keys.counter,
+                keys.feed,
+                partition,
+                keys.epoch,
+            ]
+            args: list[str | int] = [name, data, self.feed_maxlen, self.maxlen, window_ms]
+        else:
+            script_keys = [keys.idempotency(idempotency_key), keys.seq, keys.epoch]
+            args = [self.channel, json.dumps(name, ensure_ascii=False), data, window_ms]
+        args.append(uuid.uuid4().hex)  # the epoch, if this publish starts a new log
+        assert self._publish_script is not None
         try:
             with anyio.fail_after(self.publish_timeout):
-                if self.mode == "streams":
-                    await client.xadd(
-                        self.stream,
-                        {"type": name, "data": data},
-                        trim_strategy=coredis.PureToken.MAXLEN,
-                        trim_operator=coredis.PureToken.APPROXIMATELY,
-                        threshold=self.maxlen,
-                    )
-                else:
-                    body = f'{{"type":{json.dumps(name, ensure_ascii=False)},"data":{data}}}'
-                    await client.publish(self.channel, body)
+                reply = cast(list[int], await self._publish_script(script_keys, args))
         except _UNAVAILABLE as exc:
             raise BusUnavailableError(
-                f"cannot publish {name} to Redis at {self.url}: {_describe(exc)}"
+                f"cannot publish {name} to Redis at {self.url}: {_describe(exc)}; it may or "
+                f"may not have been published: publish(..., idempotency_key="
+                f"{idempotency_key!r}) within {self.dedupe_window:g} s publishes it at most once",
+                idempotency_key=idempotency_key,
             ) from exc
+        if reply[0] == 0:
+            logger.debug("%r: idempotency key %r already published; skipped", self, idempotency_key)
 
-    def latest_id(self) -> str:
-        """The id of the newest stream entry this bus has seen ("0-0" if none)."""
-        return self._last_id or "0-0"
+    def _partition_of(self, event: object) -> str | None:
+        """``key(event)``; None (logged once) when the key raises or gives a non-str."""
+        key = self._partition
+        if key is None:
+            return None
+        try:
+            partition = key(event)
+        except Exception as exc:
+            problem = f"raised {_describe(exc)}"
+        else:
+            if partition is None or isinstance(partition, str):
+                return partition
+            problem = f"returned {type(partition).__name__}, not str or None"
+        if not self._partition_warned:
+            self._partition_warned = True
+            logger.warning(
+                "%r: partition key %r %s on %s; such events go to the tenant-less partition "
+                "(logged once)",
+                self,
+                key,
+                problem,
+                type(event).__name__,
+            )
+        return None
 
-    def position(self, event_id: str) -> tuple[int, int] | None:
-        """A stream id as ``(milliseconds, sequence)``, the order Redis gives entries in."""
-        return _parse_id(event_id)
+    async def replay(
+        self, partitions: Collection[str | None], after: int, limit: int
+    ) -> Sequence[tuple[int, object]] | None:
+        """Up to ``limit`` events of ``partitions`` with a tick after ``after``, by tick, as
+        ``(tick, event)``: one Redis round trip per page.
 
-    async def replay(self, after_id: str) -> Sequence[tuple[str, object]] | None:
-        """The stream entries after ``after_id``, oldest first, decoded.
-
-        None when ``after_id`` is not a stream id, is newer than anything in the stream
-        (the log was reset), or entries after it may have been trimmed away - and, logged,
-        when Redis cannot be reached, so the client gets a ``reset`` rather than an error.
-        Undecodable entries are logged and skipped.
+        None when the log does not hold all of them: ``after`` is past the counter (from
+        the future, or the log was reset), a partition was trimmed past it, the bus is in
+        pub/sub mode, or Redis cannot be reached (logged). Undecodable entries are logged
+        and skipped (and the page topped up, so only the last page is short).
         """
-        if self.mode != "streams":
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigurationError("limit", limit, "must be an int >= 1")
+        script, client = self._replay_script, self._client
+        if self.mode != "streams" or script is None or client is None or after < 0:
             return None
-        after = _parse_id(after_id)
-        if after is None or self._client is None:
-            return None
-        client = self._client
-        try:
-            with anyio.fail_after(self.publish_timeout):
-                # Read first, then check: a trim in between can only cause a needless reset.
-                entries = await client.xrange(self.stream, f"({after_id}", "+")
-                info = await self._stream_info(client)
-        except _UNAVAILABLE as exc:
-            logger.warning("%r: cannot replay after %s: %s", self, after_id, _describe(exc))
-            return None
-        if info is None:  # no stream: only "nothing seen yet" is covered
-            return [] if after == (0, 0) else None
-        if not self._covers(after, info):
-            return None
-        replayed: list[tuple[str, object]] = []
-        for entry in entries:
-            entry_id = str(entry.identifier)
-            event = self._decode_entry(entry_id, entry.field_values)
-            if event is not None:
-                replayed.append((entry_id, event))
-        return replayed
+        keys = [self._keys.counter, *(self._keys.partition(p) for p in dict.fromkeys(partitions))]
+        replayed: list[tuple[int, object]] = []
+        while True:
+            wanted = limit - len(replayed)
+            try:
+                with anyio.fail_after(self.publish_timeout):
+                    reply = cast(list[Any], await script(keys, [after, wanted]))
+            except _UNAVAILABLE as exc:
+                logger.warning("%r: cannot replay after tick %d: %s", self, after, _describe(exc))
+                return None
+            if reply[0] != 1:
+                logger.debug("%r: tick %d is not covered (%d)", self, after, reply[0])
+                return None
+            rows = len(reply) // 3
+            for row in range(rows):
+                tick, kind, data = reply[3 * row + 1 : 3 * row + 4]
+                event = self._decode_json(kind, data, tick)
+                if event is not None:
+                    replayed.append((tick, event))
+            if rows < wanted or len(replayed) == limit:
+                return replayed
+            after = reply[-3]  # some were undecodable: top the page up
 
-    async def _stream_info(self, client: coredis.Redis[str]) -> Mapping[str, Any] | None:
-        """``XINFO STREAM``, or None when there is no stream."""
+    def _decode_json(self, kind: object, data: object, tick: int) -> object | None:
+        where = f"stream {self.stream!r} tick {tick}"
         try:
-            raw = await client.xinfo_stream(self.stream)
-        except ResponseError:  # no such key
+            fields = json.loads(cast(str, data))
+        except (TypeError, ValueError) as exc:
+            logger.warning("skipped an entry whose data is not JSON at %s: %s", where, exc)
             return None
-        return cast(Mapping[str, Any], raw)
+        return self._decode(kind, fields, where)
 
-    @staticmethod
-    def _covers(after: tuple[int, int], info: Mapping[str, Any]) -> bool:
-        """Whether the stream still holds every entry after ``after``."""
-        if after > _id_key(str(info.get("last-generated-id", "0-0"))):
-            return False  # newer than anything written: the stream was reset
-        added, length = info.get("entries-added"), info.get("length")
-        if added is not None and added == length:
-            return True  # nothing was ever trimmed or deleted (Redis >= 7)
-        deleted = info.get("max-deleted-entry-id")  # XDEL (Redis >= 7)
-        if deleted is not None and after < _id_key(str(deleted)):
-            return False
-        first_entry = info.get("first-entry")  # trimming removes the oldest entries
-        first = _id_key(str(first_entry[0])) if first_entry else None
-        return first is None or after >= first
+    async def _gap(self, gap: BusGap) -> None:
+        self.gaps += 1
+        await self.report_gap(gap)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -364,6 +553,17 @@ class RedisEventBus:
         try:
             client: coredis.Redis[str] = coredis.Redis.from_url(self.url, decode_responses=True)
             self._client = await self._stack.enter_async_context(client)
+            # A command retried on a new connection would hide an outage from the listener.
+            reader: coredis.Redis[str] = coredis.Redis.from_url(
+                self.url, decode_responses=True, retry_policy=NoRetryPolicy()
+            )
+            self._reader = await self._stack.enter_async_context(reader)
+            streams = self.mode == "streams"
+            self._publish_script = client.register_script(
+                _PUBLISH_STREAMS if streams else _PUBLISH_PUBSUB
+            )
+            self._replay_script = client.register_script(_REPLAY) if streams else None
+            self._sync_script = reader.register_script(_SYNC)
             tasks = await self._stack.enter_async_context(anyio.create_task_group())
             self._stack.callback(tasks.cancel_scope.cancel)
             tasks.start_soon(self._listen)
@@ -389,7 +589,7 @@ class RedisEventBus:
     ) -> None:
         self._state = "closed"
         await self._stack.aclose()
-        self._client = None
+        self._client = self._reader = None
 
     async def _listen(self) -> None:
         """Read from Redis forever; on any failure wait (exponential backoff) and reconnect."""
@@ -415,6 +615,23 @@ class RedisEventBus:
             await anyio.sleep(delay)
             delay = min(delay * 2, high)
 
+    async def _sync(self, counter: str) -> tuple[bool, int]:
+        """Agree on the epoch and the position secret (the first instance's wins; ours is
+        kept once known) and read ``counter``: (whether the log was reset, the counter)."""
+        assert self._sync_script is not None
+        secret = self._secret.hex() if self._secret is not None else secrets.token_hex(32)
+        keys = [self._keys.epoch, self._keys.secret, counter]
+        reply = cast(list[str], await self._sync_script(keys, [uuid.uuid4().hex, secret]))
+        epoch, shared, count = reply
+        if self._secret is None:
+            try:
+                self._secret = bytes.fromhex(shared)
+            except ValueError:
+                self._secret = shared.encode()
+        reset = self._epoch is not None and epoch != self._epoch
+        self._epoch = epoch
+        return reset, int(count)
+
     def _connected(self) -> None:
         self._attempt_connected = True
         if self._connected_before:
@@ -422,77 +639,87 @@ class RedisEventBus:
         self._ready.set()
 
     async def _read_channel(self) -> None:
-        assert self._client is not None
-        async with self._client.pubsub(
+        assert self._reader is not None
+        client = self._reader
+        async with client.pubsub(
             channels=[self.channel],
             ignore_subscribe_messages=True,
             retry_policy=None,
             max_idle_seconds=5,
         ) as pubsub:
-            if self._connected_before:
-                self.gaps += 1
-                logger.warning(
-                    "%r: resubscribed after a disconnection; events published on %r "
-                    "meanwhile were lost (gap #%d)",
-                    self,
-                    self.channel,
-                    self.gaps,
-                )
+            with anyio.fail_after(self.publish_timeout):  # subscribed: now read the counter
+                reset, counter = await self._sync(self._keys.seq)
+            await self._rebase(counter, reset)
             self._connected()
             async for message in pubsub:
-                if message.get("type") != "message":
-                    continue
-                await self._deliver_message(message.get("data"))
+                if message.get("type") == "message":
+                    await self._on_message(message.get("data"))
 
-    async def _deliver_message(self, body: object) -> None:
+    async def _rebase(self, counter: int, reset: bool) -> None:
+        """Take ``counter`` as the last sequence number seen; report what was missed (all
+        of ``counter`` when the bus was ``reset``: a new epoch, or a counter gone back)."""
+        last, self._position = self._position, counter
+        if not self._baseline_taken:
+            self._baseline_taken = True
+        elif reset or counter < last:
+            await self._gap(BusGap(counter, "bus-restarted", position=counter))
+        elif counter > last:
+            await self._gap(BusGap(counter - last, "resubscribed", position=counter))
+
+    async def _on_message(self, body: object) -> None:
         where = f"channel {self.channel!r}"
         try:
             decoded = json.loads(body) if isinstance(body, (str, bytes)) else None
         except ValueError as exc:
             logger.warning("skipped a message that is not JSON at %s: %s", where, exc)
             return
-        if not isinstance(decoded, dict):
-            logger.warning("skipped a message that is not a JSON object at %s", where)
+        seq = decoded.get("seq") if isinstance(decoded, dict) else None
+        if isinstance(seq, bool) or not isinstance(seq, int) or not isinstance(decoded, dict):
+            logger.warning("skipped a message that is not an ssebus event at %s", where)
             return
+        last = self._position
+        if seq <= last:  # published before this subscription, or counted in a gap
+            return
+        if seq > last + 1:
+            await self._gap(BusGap(seq - last - 1, "sequence-jump", position=seq - 1))
+        self._position = seq
         event = self._decode(decoded.get("type"), decoded.get("data"), where)
-        if event is None:
-            return
-        handlers = self._subscribers.handlers_for(type(event))
-        if handlers:
-            await dispatch(handlers, event, self.handler_timeout)
+        if event is not None:
+            await self.deliver(event, position=seq)
 
     async def _read_stream(self) -> None:
-        assert self._client is not None
-        client = self._client
+        assert self._reader is not None
+        client = self._reader
         with anyio.fail_after(self.publish_timeout):
-            if self._last_id is None:
-                newest = await client.xrevrange(self.stream, "+", "-", count=1)
-                self._last_id = str(newest[0].identifier) if newest else "0-0"
-            else:
-                await client.ping()
-        if self._connected_before:
-            logger.warning(
-                "%r: reconnected; resuming stream %r after %s", self, self.stream, self._last_id
-            )
+            reset, head = await self._sync(self._keys.counter)
+        if not self._baseline_taken:
+            self._baseline_taken = True
+            self._position = head
+        elif reset or head < self._position:  # flushed, or restarted without persistence
+            self._position = 0  # read the new log from its start
+            await self._gap(BusGap(0, "log-reset", position=0))
         self._connected()
+        feed = self._keys.feed
         timeout = self.block_ms / 1000 + self.publish_timeout
         while True:
             with anyio.fail_after(timeout):
                 batches = await client.xread(
-                    {self.stream: self._last_id}, count=100, block=self.block_ms
+                    {feed: f"{self._position}-0"}, count=100, block=self.block_ms
                 )
             for entries in (batches or {}).values():
                 for entry in entries:
-                    await self._deliver_entry(str(entry.identifier), entry.field_values)
+                    await self._on_entry(_tick(entry.identifier), entry.field_values)
 
-    async def _deliver_entry(self, entry_id: str, fields: Mapping[Any, Any]) -> None:
-        self._last_id = entry_id
-        event = self._decode_entry(entry_id, fields)
-        if event is None:
+    async def _on_entry(self, tick: int, fields: Mapping[Any, Any]) -> None:
+        last = self._position
+        if tick <= last:
             return
-        handlers = self._subscribers.handlers_for(type(event))
-        if handlers:
-            await dispatch(handlers, event, self.handler_timeout, event_id=entry_id)
+        if tick > last + 1:  # trimmed before this reader got them
+            await self._gap(BusGap(tick - last - 1, "log-trimmed", position=tick - 1))
+        self._position = tick
+        event = self._decode_json(fields.get("type"), fields.get("data"), tick)
+        if event is not None:
+            await self.deliver(event, position=tick)
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,0 +1,148 @@
+"""A replay is paged, capped and bounded like live delivery: resuming clients never starve
+the others, never pin more than their bound, and a stalled one is evicted like any other."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Collection, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+from clients import GUARD, Client, join, leave, wait_until
+from tenants import Noted, noted_events
+
+from ssebus import Broadcaster, Frame, InMemoryEventBus, InMemoryHistory
+
+pytestmark = pytest.mark.anyio
+
+
+class CountingHistory(InMemoryHistory):
+    """An ``InMemoryHistory`` that records the limit of every page asked of it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits: list[int] = []
+
+    async def since(
+        self, partitions: Collection[str | None], after: int, limit: int
+    ) -> Sequence[Frame] | None:
+        self.limits.append(limit)
+        return await super().since(partitions, after, limit)
+
+
+@asynccontextmanager
+async def running(
+    history: InMemoryHistory | None = None, **options: Any
+) -> AsyncIterator[tuple[InMemoryEventBus, Broadcaster, anyio.abc.TaskGroup]]:
+    options.setdefault("heartbeat", None)
+    with anyio.fail_after(GUARD * 2):
+        async with (
+            anyio.create_task_group() as tasks,
+            InMemoryEventBus() as bus,
+            Broadcaster(bus, noted_events(), history=history, **options) as broadcaster,
+        ):
+            yield bus, broadcaster, tasks
+
+
+async def gone_quiet(tasks: anyio.abc.TaskGroup, broadcaster: Broadcaster) -> str:
+    """The position of a client that connected and left before what comes next."""
+    client = await join(tasks, broadcaster)
+    await wait_until(lambda: bool(client.writes))
+    await leave(client)
+    return client.last_event_id()
+
+
+def numbers(client: Client) -> list[int]:
+    return [json.loads(e.data)["n"] for e in client.events() if e.type == "noted"]
+
+
+async def test_a_long_replay_is_read_in_pages_and_arrives_whole_and_in_order() -> None:
+    history = CountingHistory(max_events=10_000)
+    async with running(history, replay_page=50) as (bus, broadcaster, tasks):
+        position = await gone_quiet(tasks, broadcaster)
+        for n in range(2_000):
+            await bus.publish(Noted(n))
+        client = await join(tasks, broadcaster, last_event_id=position)
+        await wait_until(lambda: len(numbers(client)) == 2_000)
+        assert numbers(client) == list(range(2_000))
+        assert len(history.limits) >= 2_000 // 50
+        assert set(history.limits) == {50}
+
+
+def received(client: Client) -> int:
+    """How many events arrived (cheaper than parsing while a replay is under way)."""
+    return sum(data.count(b"event: noted\n") for data in client.writes)
+
+
+async def test_live_delivery_goes_on_while_twenty_clients_replay() -> None:
+    async with running(InMemoryHistory(max_events=10_000)) as (bus, broadcaster, tasks):
+        position = await gone_quiet(tasks, broadcaster)
+        for n in range(5_000):
+            await bus.publish(Noted(n))
+        live = await join(tasks, broadcaster)
+        resuming = [await join(tasks, broadcaster, last_event_id=position) for _ in range(20)]
+        await wait_until(lambda: any(received(c) for c in resuming))
+        await bus.publish(Noted(-1))
+        await wait_until(lambda: received(live) == 1)
+        assert not all(received(c) == 5_001 for c in resuming), (
+            "the live client waited for every replay to finish"
+        )
+        await wait_until(lambda: all(received(c) == 5_001 for c in resuming))
+        assert all(numbers(c) == [*range(5_000), -1] for c in resuming)
+
+
+async def test_a_replay_longer_than_max_replay_is_a_reset() -> None:
+    async with running(InMemoryHistory(max_events=10_000), max_replay=500) as (
+        bus,
+        broadcaster,
+        tasks,
+    ):
+        position = await gone_quiet(tasks, broadcaster)
+        for n in range(2_000):
+            await bus.publish(Noted(n))
+        client = await join(tasks, broadcaster, last_event_id=position)
+        await wait_until(lambda: any(e.type == "reset" for e in client.events()))
+        reset = next(e for e in client.events() if e.type == "reset")
+        assert json.loads(reset.data) == {"lastEventId": position, "reason": "replay-limit"}
+        assert reset.last_event_id == broadcaster.position_id()
+        await bus.publish(Noted(-1))
+        await wait_until(lambda: numbers(client)[-1:] == [-1])
+        assert broadcaster.metrics().resets == 1
+
+
+async def test_a_stalled_client_resuming_is_evicted_by_the_write_timeout_without_traffic() -> None:
+    async with running(InMemoryHistory(max_events=10_000), max_queue=16, write_timeout=0.2) as (
+        bus,
+        broadcaster,
+        tasks,
+    ):
+        position = await gone_quiet(tasks, broadcaster)
+        for n in range(5_000):
+            await bus.publish(Noted(n))
+        stalled = await join(tasks, broadcaster, client=Client(stall=True), last_event_id=position)
+        with anyio.fail_after(2.0):
+            await stalled.finished.wait()
+        assert stalled.connection is not None
+        assert "timed out" in (stalled.connection.close_reason or "")
+        assert broadcaster.metrics().write_errors == 1
+
+
+async def test_what_a_resuming_client_holds_stays_within_its_bound() -> None:
+    async with running(InMemoryHistory(max_events=10_000), max_queue=16, write_timeout=None) as (
+        bus,
+        broadcaster,
+        tasks,
+    ):
+        position = await gone_quiet(tasks, broadcaster)
+        for n in range(1_000):
+            await bus.publish(Noted(n))
+        stalled = await join(tasks, broadcaster, client=Client(stall=True), last_event_id=position)
+        connection = stalled.connection
+        assert connection is not None
+        for n in range(1_000, 1_200):  # live traffic while its replay is stuck
+            await bus.publish(Noted(n))
+            assert len(connection.outbox) <= 16
+        assert connection.catching_up and not connection.closed
