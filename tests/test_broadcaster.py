@@ -4,6 +4,10 @@ Each test drives the whole in-process pipeline (bus -> broadcaster -> per-connec
 -> writer) with simulated clients: ``async with broadcaster.connect(...) as conn: await
 conn.run(write)``, where ``write`` appends to a buffer, raises, or hangs. What a client
 received is read back with ``ssebus.testing.parse_events``, i.e. as a browser sees it.
+
+Ids are opaque position tokens: a test takes them from ``Broadcaster.position_id()`` right
+after a publish and compares tokens, never id arithmetic. A stream without Last-Event-ID
+starts with an ``id:`` block alone (the client's position, no event dispatched).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import functools
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,13 +32,11 @@ from ssebus import (
     Broadcaster,
     ClosedError,
     ConfigurationError,
-    EventHistory,
     EventMap,
     Frame,
     InMemoryEventBus,
     InMemoryHistory,
     ServerSentEvent,
-    SseBroadcaster,
     SseConnection,
 )
 from ssebus.testing import EventStreamParser, ParsedEvent, parse_events
@@ -112,7 +114,8 @@ class Client:
         return parse_events(self.stream)
 
     def frames(self) -> int:
-        """How many blank-line-terminated frames arrived (cheaper than parsing)."""
+        """How many blank-line-terminated frames arrived (cheaper than parsing); a fresh
+        stream's first one is its position marker."""
         return sum(data.count(b"\n\n") for data in self.writes)
 
     def parser(self) -> EventStreamParser:
@@ -186,6 +189,11 @@ def have_events(clients: Sequence[Client], events: int) -> Callable[[], bool]:
     return lambda: all(len(c.events()) == events for c in clients)
 
 
+def position_marker(broadcaster: Broadcaster, tenant: str | None = None) -> bytes:
+    """The ``id:`` block alone that hands a client the current position."""
+    return f"id: {broadcaster.position_id(tenant)}\n\n".encode()
+
+
 def registered_ids(broadcaster: Broadcaster) -> set[str]:
     return {connection.id for connection in broadcaster.registry.snapshot()}
 
@@ -226,9 +234,10 @@ async def publish_created(
     """Publish ``created(n)`` for each n through the bus; return the ids they got."""
     ids = []
     for n in numbers:
+        before = broadcaster.position
         await bus.publish(created(n))
-        assert broadcaster.last_event_id is not None
-        ids.append(broadcaster.last_event_id)
+        assert broadcaster.position > before
+        ids.append(broadcaster.position_id())
     return ids
 
 
@@ -243,24 +252,23 @@ def warnings_about(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.
 # --- delivery ------------------------------------------------------------------------------
 
 
-async def test_broadcaster_satisfies_the_sse_broadcaster_protocol() -> None:
-    assert isinstance(Broadcaster(InMemoryEventBus(), EventMap()), SseBroadcaster)
-
-
 async def test_a_published_domain_event_reaches_a_client_as_its_mapped_sse_event() -> None:
     async with pipeline() as (bus, broadcaster, tasks):
         client = await join(tasks, broadcaster)
         await bus.publish(OrderStatusChangedDomainEvent("ord-7", "created", "paid"))
         await wait_until(lambda: len(client.events()) == 1)
-        event_id = broadcaster.last_event_id
+        event_id = broadcaster.position_id()
     assert client.events() == [
         ParsedEvent(
             type="order-status-changed",
             data='{"orderId":"ord-7","oldStatus":"created","newStatus":"paid"}',
-            last_event_id=event_id or "?",
+            last_event_id=event_id,
         )
     ]
-    assert client.stream.startswith(
+    marker, frame = client.stream.split(b"\n\n", 1)
+    assert marker.startswith(b"id: ")
+    assert marker != f"id: {event_id}".encode()
+    assert frame.startswith(
         f"id: {event_id}\nevent: order-status-changed\n"
         'data: {"orderId":"ord-7","oldStatus":"created","newStatus":"paid"}\n\n'.encode()
     )
@@ -271,7 +279,7 @@ async def test_every_client_receives_every_event_in_publish_order_exactly_once()
     async with pipeline() as (bus, broadcaster, tasks):
         clients = [await join(tasks, broadcaster) for _ in range(clients_count)]
         ids = await publish_created(bus, broadcaster, range(events_count))
-        await wait_until(lambda: all(c.frames() == events_count for c in clients))
+        await wait_until(lambda: all(c.frames() == 1 + events_count for c in clients))
         streams = {c.stream for c in clients}  # before the goodbye, whose retry varies
     assert len(set(ids)) == events_count
     assert len(streams) == 1  # byte for byte the same stream everywhere
@@ -300,14 +308,17 @@ async def test_each_event_is_encoded_once_and_the_same_bytes_reach_every_client(
     encoder = CountingEncoder()
     async with pipeline(encoder=encoder) as (bus, broadcaster, tasks):
         clients = [await join(tasks, broadcaster) for _ in range(10)]
+        await wait_until(have_written(clients, 1))  # each client's position marker
+        encoded_before = len(encoder.outputs)
         for n in range(5):
             await bus.publish(created(n))
             # Let every writer take the frame alone, so each write is exactly one frame.
-            await wait_until(have_written(clients, n + 1))
-        assert len(encoder.outputs) == 5
+            await wait_until(have_written(clients, n + 2))
+        events = encoder.outputs[encoded_before:]
+        assert len(events) == 5
         for client in clients:
-            assert len(client.writes) == 5
-            for written, encoded in zip(client.writes, encoder.outputs, strict=True):
+            assert len(client.writes) == 6
+            for written, encoded in zip(client.writes[1:], events, strict=True):
                 assert written is encoded
 
 
@@ -317,30 +328,31 @@ async def test_a_publish_returns_the_frame_it_queued() -> None:
         frame = broadcaster.publish(created(1))
         assert frame is not None
         assert frame.event == "order-created"
-        assert frame.id == broadcaster.last_event_id
-        await wait_until(lambda: len(client.writes) == 1)
-        assert client.writes[0] is frame.data
+        assert frame.tick == broadcaster.position
+        assert frame.id == broadcaster.position_id()
+        await wait_until(lambda: len(client.events()) == 1)
+        assert client.writes[-1] is frame.data
 
 
 async def test_frames_queued_while_a_writer_is_busy_go_out_in_one_write() -> None:
     gate = anyio.Event()
     client = Client()
 
-    async def slow_first_write(data: bytes) -> None:
-        if not client.writes:
-            client.writes.append(data)
-            await gate.wait()
-            return
+    async def slow_second_write(data: bytes) -> None:
         client.writes.append(data)
+        if len(client.writes) == 2:
+            await gate.wait()
 
     async with pipeline(write_timeout=None) as (bus, broadcaster, tasks):
-        await join(tasks, broadcaster, client, write=slow_first_write)
+        await join(tasks, broadcaster, client, write=slow_second_write)
+        await wait_until(lambda: len(client.writes) == 1)  # the position marker
         await publish_created(bus, broadcaster, [1])
-        await wait_until(lambda: len(client.writes) == 1)
+        await wait_until(lambda: len(client.writes) == 2)  # frame 1, written slowly
         await publish_created(bus, broadcaster, [2, 3, 4])
         gate.set()
         await wait_until(lambda: len(client.events()) == 4)
-        assert len(client.writes) == 2
+        assert len(client.writes) == 3
+        assert len(parse_events(client.writes[2])) == 3
         assert broadcaster.metrics().frames_sent == 4
 
 
@@ -350,10 +362,10 @@ async def test_an_unmapped_event_is_ignored_and_logged_at_debug_level(
     caplog.set_level(logging.DEBUG, logger="ssebus")
     async with pipeline() as (bus, broadcaster, tasks):
         client = await join(tasks, broadcaster)
-        before = broadcaster.last_event_id
+        before = broadcaster.position, broadcaster.position_id()
         await bus.publish(OrderArchivedDomainEvent("ord-1"))
         assert broadcaster.publish(OrderArchivedDomainEvent("ord-2")) is None
-        assert broadcaster.last_event_id == before
+        assert (broadcaster.position, broadcaster.position_id()) == before
         ids = await publish_created(bus, broadcaster, [1])
         await wait_until(lambda: len(client.events()) == 1)
         assert broadcaster.metrics().events_published == 1
@@ -406,17 +418,21 @@ async def test_an_event_whose_payload_cannot_be_built_is_dropped_alone_and_logge
         if r.levelno >= logging.ERROR and type(bad_event).__name__ in r.getMessage()
     ]
     assert len(dropped) == 2
-    assert all(r.exc_info is not None for r in dropped)
+    # One line with the exception's repr, no traceback.
+    assert all(r.exc_info is None and "\n" not in r.getMessage() for r in dropped)
+    if isinstance(bad_event, BrokenPayloadDomainEvent):
+        assert all(repr(KeyError("customer")) in r.getMessage() for r in dropped)
 
 
-async def test_broadcast_of_a_ready_made_event_assigns_an_id_when_missing() -> None:
+async def test_broadcast_of_a_ready_made_event_gets_the_next_position() -> None:
     async with pipeline() as (_, broadcaster, tasks):
         client = await join(tasks, broadcaster)
-        before = broadcaster.last_event_id
+        before = broadcaster.position_id()
         frame = broadcaster.broadcast(ServerSentEvent(data="maintenance at 22:00", event="notice"))
         assert frame.id is not None
         assert frame.id != before
-        assert frame.id == broadcaster.last_event_id
+        assert frame.tick == broadcaster.position
+        assert frame.id == broadcaster.position_id()
         assert frame.event == "notice"
         await wait_until(lambda: len(client.events()) == 1)
     assert client.events() == [
@@ -424,14 +440,16 @@ async def test_broadcast_of_a_ready_made_event_assigns_an_id_when_missing() -> N
     ]
 
 
-async def test_broadcast_keeps_an_id_the_caller_gave() -> None:
+async def test_broadcast_replaces_an_id_the_caller_gave_with_its_position() -> None:
+    """Ids carry positions: a caller's id would make the client resume from nowhere."""
     async with pipeline() as (_, broadcaster, tasks):
         client = await join(tasks, broadcaster)
         frame = broadcaster.broadcast(ServerSentEvent(data="x", id="custom-1"))
-        assert frame.id == "custom-1"
-        assert broadcaster.last_event_id == "custom-1"
+        assert frame.id != "custom-1"
+        assert frame.id == broadcaster.position_id()
         await wait_until(lambda: len(client.events()) == 1)
-    assert client.events()[0].last_event_id == "custom-1"
+    assert b"custom-1" not in client.stream
+    assert client.events()[0].last_event_id == frame.id
 
 
 async def test_broadcast_events_are_kept_in_history_for_resume() -> None:
@@ -568,7 +586,7 @@ async def test_connections_come_and_go_during_broadcasts_without_breaking_delive
                 ids += await publish_created(bus, broadcaster, [n])
                 await anyio.lowlevel.checkpoint()
             publishing_done.set()
-        await wait_until(lambda: all(c.frames() == events_count for c in stable))
+        await wait_until(lambda: all(c.frames() == 1 + events_count for c in stable))
         await wait_until(lambda: all(c.finished.is_set() for c in churned))
         assert len(broadcaster.registry) == len(stable)
     expected = expected_created(range(events_count), ids)
@@ -608,13 +626,17 @@ async def test_comment_heartbeats_reach_an_idle_client_before_any_event() -> Non
         client = await join(tasks, broadcaster)
         await wait_until(lambda: client.stream.count(b": ping\n") >= 2)
         assert client.events() == []
-        assert client.parser().last_event_id == ""
+        # It has its position from the start, so a cut now loses nothing (issue 11, #1).
+        assert client.parser().last_event_id == broadcaster.position_id()
 
 
-async def test_event_heartbeats_carry_the_newest_event_id() -> None:
+async def test_event_heartbeats_carry_no_id_and_keep_the_clients_position() -> None:
+    """A ping frame has no ``id:`` (it would leak the newest position of any tenant), so
+    the client's id stays that of the last frame it got."""
+    ping = b"event: ping\ndata: \n\n"
     async with pipeline(heartbeat=0.02, heartbeat_style="event") as (bus, broadcaster, tasks):
         client = await join(tasks, broadcaster)
-        origin = broadcaster.last_event_id
+        origin = broadcaster.position_id()
         await wait_until(lambda: any(e.type == "ping" for e in client.events()))
         first_ping = next(e for e in client.events() if e.type == "ping")
         assert first_ping.data == ""
@@ -623,6 +645,9 @@ async def test_event_heartbeats_carry_the_newest_event_id() -> None:
         await wait_until(lambda: client.events()[-1].type == "ping" and len(client.events()) > 3)
         last_ping = client.events()[-1]
     assert last_ping.last_event_id == ids[-1]
+    pings = client.stream.count(ping)
+    assert pings == len([e for e in client.events() if e.type == "ping"])
+    assert client.stream.count(b"id: ") == 1 + 2  # the marker and the two events
     assert [(e.type, e.last_event_id) for e in client.events() if e.type != "ping"] == [
         ("order-created", ids[0]),
         ("order-created", ids[1]),
@@ -657,7 +682,7 @@ async def test_no_heartbeat_is_sent_when_heartbeat_is_none() -> None:
     async with pipeline(heartbeat=None) as (_, broadcaster, tasks):
         client = await join(tasks, broadcaster)
         await anyio.sleep(0.06)
-        assert client.writes == []
+        assert client.stream == position_marker(broadcaster)
 
 
 # --- resume --------------------------------------------------------------------------------
@@ -682,31 +707,41 @@ async def test_resuming_from_the_newest_id_replays_nothing() -> None:
     assert received(client) == expected_created([4], ids[3:])
 
 
-async def test_resuming_from_the_origin_id_replays_everything_since_start() -> None:
+async def test_a_client_cut_before_any_event_resumes_from_its_connect_id() -> None:
+    """Issue 11, #1: a quiet client cut by a proxy and reconnecting misses nothing."""
     async with pipeline() as (bus, broadcaster, tasks):
-        origin = broadcaster.last_event_id
-        assert origin is not None
-        ids = await publish_created(bus, broadcaster, range(1, 4))
-        client = await join(tasks, broadcaster, last_event_id=origin)
+        quiet, scope = Client(), anyio.CancelScope()
+        tasks.start_soon(cancellable_serve, broadcaster, quiet, scope)
+        await wait_until(lambda: quiet.stream == position_marker(broadcaster))
+        scope.cancel()
+        await quiet.finished.wait()
+        connect_id = quiet.parser().last_event_id
+        assert connect_id
+        ids = await publish_created(bus, broadcaster, range(1, 4))  # while it was away
+        client = await join(tasks, broadcaster, last_event_id=connect_id)
         ids += await publish_created(bus, broadcaster, [4])
         await wait_until(lambda: len(client.events()) == 4)
+    assert quiet.events() == []
     assert received(client) == expected_created([1, 2, 3, 4], ids)
 
 
-async def test_the_origin_id_is_set_on_start_and_is_not_an_event() -> None:
+async def test_resuming_from_the_position_before_any_event_dispatches_nothing() -> None:
     async with pipeline() as (_, broadcaster, tasks):
-        origin = broadcaster.last_event_id
-        assert origin
-        client = await join(tasks, broadcaster, last_event_id=origin)
+        start = broadcaster.position_id()
+        client = await join(tasks, broadcaster, last_event_id=start)
         await anyio.sleep(0.01)
-        assert client.writes == []
+        assert client.events() == []
+        assert client.parser().last_event_id == start
         assert broadcaster.metrics().events_published == 0
+        assert broadcaster.metrics().frames_sent == 0
 
 
 async def test_an_unknown_id_gets_a_reset_with_the_newest_id_then_live_events() -> None:
     async with pipeline() as (bus, broadcaster, tasks):
         ids = await publish_created(bus, broadcaster, range(1, 4))
         client = await join(tasks, broadcaster, last_event_id="earlier-process-17")
+        # (a frame published before the reset is written would be covered by it: rule 6)
+        await wait_until(lambda: len(client.events()) == 1)
         ids += await publish_created(bus, broadcaster, [4, 5])
         await wait_until(lambda: len(client.events()) == 3)
     reset, *live = client.events()
@@ -741,6 +776,7 @@ async def test_an_id_evicted_from_history_gets_a_reset() -> None:
     async with pipeline(history=InMemoryHistory(max_events=3)) as (bus, broadcaster, tasks):
         ids = await publish_created(bus, broadcaster, range(1, 7))
         client = await join(tasks, broadcaster, last_event_id=ids[0])
+        await wait_until(lambda: len(client.events()) == 1)
         ids += await publish_created(bus, broadcaster, [7])
         await wait_until(lambda: len(client.events()) == 2)
     reset, live = client.events()
@@ -750,9 +786,9 @@ async def test_an_id_evicted_from_history_gets_a_reset() -> None:
     assert (live.type, live.last_event_id) == ("order-created", ids[6])
 
 
-async def test_a_reset_before_any_event_carries_the_origin_id() -> None:
+async def test_a_reset_before_any_event_carries_the_starting_position() -> None:
     async with pipeline() as (_, broadcaster, tasks):
-        origin = broadcaster.last_event_id
+        origin = broadcaster.position_id()
         client = await join(tasks, broadcaster, last_event_id="unknown")
         await wait_until(lambda: len(client.events()) == 1)
     assert client.events()[0].type == "reset"
@@ -785,13 +821,15 @@ class SlowHistory:
     def append(self, frame: Frame) -> None:
         self.inner.append(frame)
 
-    async def since(self, last_event_id: str) -> Sequence[Frame] | None:
+    async def since(
+        self, partitions: Collection[str | None], after: int, limit: int
+    ) -> Sequence[Frame] | None:
         if self.look_before_waiting:
-            found = await self.inner.since(last_event_id)
+            found = await self.inner.since(partitions, after, limit)
         self.reading.set()
         await self.gate.wait()
         if not self.look_before_waiting:
-            found = await self.inner.since(last_event_id)
+            found = await self.inner.since(partitions, after, limit)
         return found
 
 
@@ -802,7 +840,6 @@ async def test_events_published_while_history_is_read_arrive_once_after_the_repl
     """Events published during a slow lookup are neither lost nor sent twice, whether or
     not the lookup already saw them."""
     history = SlowHistory(look_before_waiting=look_before_waiting)
-    assert isinstance(history, EventHistory)
     async with pipeline(history=history) as (bus, broadcaster, tasks):
         ids = await publish_created(bus, broadcaster, [1, 2, 3])
         client = Client()
@@ -816,9 +853,11 @@ async def test_events_published_while_history_is_read_arrive_once_after_the_repl
     assert received(client) == expected_created([2, 3, 4, 5, 6], ids[1:])
 
 
-async def test_a_reset_during_a_slow_history_read_is_followed_by_events_published_meanwhile() -> (
-    None
-):
+async def test_a_reset_during_a_slow_history_read_covers_the_events_published_meanwhile() -> None:
+    """The history no longer covers the client's id: its reset moves it past every event
+    published during the read (it reloads its state, which has them), and what follows
+    arrives live - nothing missing, nothing twice."""
+
     class SlowForgetfulHistory:
         def __init__(self) -> None:
             self.reading = anyio.Event()
@@ -827,7 +866,9 @@ async def test_a_reset_during_a_slow_history_read_is_followed_by_events_publishe
         def append(self, frame: Frame) -> None:
             pass
 
-        async def since(self, last_event_id: str) -> Sequence[Frame] | None:
+        async def since(
+            self, partitions: Collection[str | None], after: int, limit: int
+        ) -> Sequence[Frame] | None:
             self.reading.set()
             await self.gate.wait()
             return None
@@ -836,14 +877,18 @@ async def test_a_reset_during_a_slow_history_read_is_followed_by_events_publishe
     async with pipeline(history=history) as (bus, broadcaster, tasks):
         ids = await publish_created(bus, broadcaster, [1])
         client = Client()
-        tasks.start_soon(functools.partial(serve, broadcaster, client, None, "gone"))
+        tasks.start_soon(functools.partial(serve, broadcaster, client, None, ids[0]))
         await history.reading.wait()
         ids += await publish_created(bus, broadcaster, [2])
         history.gate.set()
+        await wait_until(lambda: len(client.events()) == 1)
+        ids += await publish_created(bus, broadcaster, [3])
         await wait_until(lambda: len(client.events()) == 2)
     reset, live = client.events()
-    assert (reset.type, reset.last_event_id) == ("reset", ids[0])
-    assert (live.type, live.last_event_id) == ("order-created", ids[1])
+    assert reset.type == "reset"
+    assert json.loads(reset.data) == {"lastEventId": ids[0], "reason": "not-in-history"}
+    assert reset.last_event_id == ids[1]
+    assert (live.type, live.last_event_id) == ("order-created", ids[2])
 
 
 # --- shutdown ------------------------------------------------------------------------------
@@ -877,7 +922,9 @@ async def test_shutdown_ends_a_connection_stuck_in_its_history_lookup() -> None:
         def append(self, frame: Frame) -> None:
             pass
 
-        async def since(self, last_event_id: str) -> Sequence[Frame] | None:
+        async def since(
+            self, partitions: Collection[str | None], after: int, limit: int
+        ) -> Sequence[Frame] | None:
             self.reading.set()
             await anyio.sleep_forever()
             return None  # pragma: no cover
@@ -886,7 +933,8 @@ async def test_shutdown_ends_a_connection_stuck_in_its_history_lookup() -> None:
     with anyio.fail_after(0.5):
         async with pipeline(history=history, shutdown_timeout=0.05) as (_, broadcaster, tasks):
             client = Client()
-            tasks.start_soon(functools.partial(serve, broadcaster, client, None, "some-id"))
+            resume_from = broadcaster.position_id()  # ours, so it is looked up
+            tasks.start_soon(functools.partial(serve, broadcaster, client, None, resume_from))
             await history.reading.wait()
             await broadcaster.aclose()
             assert len(broadcaster.registry) == 0
@@ -945,9 +993,9 @@ async def test_shutdown_with_a_full_queue_still_aborts_after_shutdown_timeout() 
         tasks,
     ):
         stuck = await join(tasks, broadcaster, write=hang)
-        await publish_created(bus, broadcaster, [1])
-        await anyio.sleep(0.01)  # the writer takes frame 1 and hangs
-        await publish_created(bus, broadcaster, [2, 3])  # the queue is now full
+        await anyio.sleep(0.01)  # the writer takes the position marker and hangs
+        await publish_created(bus, broadcaster, [1, 2])  # the queue is now full
+        assert broadcaster.metrics().evictions == 0
         await broadcaster.aclose()
         await stuck.finished.wait()
         assert len(broadcaster.registry) == 0
@@ -959,7 +1007,7 @@ async def test_shutdown_delivers_a_full_queue_and_the_goodbye_to_a_slow_but_live
 
     async def slow(data: bytes) -> None:
         client.writes.append(data)
-        if len(client.writes) == 1:
+        if len(client.writes) == 2:
             await gate.wait()
 
     async with pipeline(shutdown_timeout=2, write_timeout=None, max_queue=2) as (
@@ -968,8 +1016,9 @@ async def test_shutdown_delivers_a_full_queue_and_the_goodbye_to_a_slow_but_live
         tasks,
     ):
         await join(tasks, broadcaster, client, write=slow)
+        await wait_until(lambda: len(client.writes) == 1)  # the position marker
         ids = await publish_created(bus, broadcaster, [1])
-        await wait_until(lambda: len(client.writes) == 1)  # writing frame 1, slowly
+        await wait_until(lambda: len(client.writes) == 2)  # writing frame 1, slowly
         ids += await publish_created(bus, broadcaster, [2, 3])  # queue full, not evicted
         assert broadcaster.metrics().evictions == 0
         async with anyio.create_task_group() as closing:
@@ -1115,6 +1164,12 @@ async def test_a_metrics_hook_that_raises_never_disturbs_delivery(
         ("max_queue", 0),
         ("max_queue", True),
         ("max_queue", 1.5),
+        ("max_queue_bytes", 0),
+        ("max_replay", 0),
+        ("max_replay", 2.0),
+        ("replay_page", 0),
+        ("replay_concurrency", 0),
+        ("replay_concurrency", False),
         ("write_timeout", 0),
         ("reconnect_jitter", (5000, 1000)),
         ("reconnect_jitter", (-1, 10)),

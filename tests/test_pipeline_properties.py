@@ -11,10 +11,12 @@ its connections received together. Two generators check it:
   step: join, publish, leave, resume, drain. After every step the registry holds exactly
   the live clients and each client's stream so far is an in-order, duplicate-free prefix.
 
-A second, synchronous state machine checks the registry and the connection queues
+A second, synchronous state machine checks the registry and the connection outboxes
 without any event loop: the registry is a faithful, insertion-ordered set of connections
-whose snapshots never change under a broadcast, and ``offer`` accepts exactly
-``max_queue`` frames per connection (held or queued) before it reports the client lagging.
+whose snapshots never change under a broadcast; a live connection's ``offer`` queues
+exactly ``max_queue`` frames and then raises ``OutboxFull`` (the client lags), one that is
+still catching up (held) empties its full outbox instead (history holds those frames), a
+frame at or before a connection's position is dropped, and a closed one ignores frames.
 """
 
 from __future__ import annotations
@@ -47,10 +49,11 @@ from ssebus import (
     Frame,
     InMemoryClientRegistry,
     InMemoryEventBus,
-    ISseClientRegistry,
     SseConnection,
 )
 from ssebus._metrics import Metrics
+from ssebus._outbox import OutboxFull
+from ssebus._resume import Handover
 from ssebus.testing import EventStreamParser, parse_events
 
 pytestmark = pytest.mark.anyio
@@ -120,9 +123,9 @@ async def serve(
 class Viewer:
     """One client (a browser tab) over possibly several connections.
 
-    ``anchor`` is the broadcaster's newest id when the viewer first joined (as a page
-    that loads the current state and then subscribes would know it): it resumes from
-    there if it left before receiving anything.
+    ``anchor`` is the id of the broadcaster's position when the viewer first joined (as a
+    page that loads the current state and then subscribes would know it): it resumes from
+    there if it left before being given any id.
     """
 
     joined_at: int
@@ -220,8 +223,7 @@ async def test_every_client_receives_every_event_in_order_exactly_once(
             for step in range(events_count + 1):
                 for index, plan in enumerate(plans):
                     if plan.join == step:
-                        anchor = broadcaster.last_event_id
-                        assert anchor is not None
+                        anchor = broadcaster.position_id()
                         viewers[index] = Viewer(len(ids), anchor)
                         await connect(viewers[index], anchor if plan.resume_on_join else None)
                 for index, viewer in viewers.items():
@@ -232,8 +234,7 @@ async def test_every_client_receives_every_event_in_order_exactly_once(
                         await connect(viewer, viewer.resume_id())
                 if step < events_count:
                     await bus.publish(OrderCreatedDomainEvent(f"ord-{step}"))
-                    assert broadcaster.last_event_id is not None
-                    ids.append(broadcaster.last_event_id)
+                    ids.append(broadcaster.position_id())  # the id the event carries
             live = [v for v in viewers.values() if v.live is not None]
             await wait_until(lambda: all(len(v.seen()) == len(ids) - v.joined_at for v in live))
 
@@ -290,8 +291,7 @@ class PipelineMachine(RuleBasedStateMachine):
 
     @rule(target=viewers, resume=st.booleans())
     def join(self, resume: bool) -> Viewer:
-        anchor = self.broadcaster.last_event_id
-        assert anchor is not None
+        anchor = self.broadcaster.position_id()
         viewer = Viewer(len(self.ids), anchor)
         self.all_viewers.append(viewer)
         self._connect(viewer, anchor if resume else None)
@@ -302,8 +302,7 @@ class PipelineMachine(RuleBasedStateMachine):
         for _ in range(count):
             event = OrderCreatedDomainEvent(f"ord-{len(self.ids)}")
             self.portal.call(self.bus.publish, event)
-            assert self.broadcaster.last_event_id is not None
-            self.ids.append(self.broadcaster.last_event_id)
+            self.ids.append(self.broadcaster.position_id())
 
     @rule(viewer=viewers, drain=st.booleans())
     def leave(self, viewer: Viewer, drain: bool) -> None:
@@ -346,7 +345,7 @@ class PipelineMachine(RuleBasedStateMachine):
     @invariant()
     def the_newest_id_is_the_last_published(self) -> None:
         if self.ids:
-            assert self.broadcaster.last_event_id == self.ids[-1]
+            assert self.broadcaster.position_id() == self.ids[-1]
         assert self.broadcaster.metrics().events_published == len(self.ids)
 
     def teardown(self) -> None:
@@ -376,12 +375,12 @@ def test_the_pipeline_state_machine_keeps_every_promise(anyio_backend: str) -> N
 
 @dataclass(eq=False)
 class Model:
-    """What a connection should be: still holding frames (not released), queued, closed."""
+    """What a connection should be: catching up (held) or live, how many frames its
+    outbox holds, and whether it is closed."""
 
     connection: SseConnection
-    held: int = 0
+    held: bool
     queued: int = 0
-    released: bool = False
     closed: bool = False
 
 
@@ -394,7 +393,7 @@ class RegistryMachine(RuleBasedStateMachine):
         super().__init__()
         self.registry = InMemoryClientRegistry()
         self.model: dict[str, Model] = {}  # insertion-ordered, like the registry
-        self.frames = 0
+        self.ticks = 0
         self.old_snapshot: Sequence[SseConnection] = ()
         self.old_snapshot_copy: list[SseConnection] = []
 
@@ -402,19 +401,21 @@ class RegistryMachine(RuleBasedStateMachine):
         self.old_snapshot = self.registry.snapshot()
         self.old_snapshot_copy = list(self.old_snapshot)
 
-    @rule(connection_id=st.sampled_from(["a", "b", "c", "d", "e", "f"]))
-    def add(self, connection_id: str) -> None:
+    @rule(connection_id=st.sampled_from(["a", "b", "c", "d", "e", "f"]), held=st.booleans())
+    def add(self, connection_id: str, held: bool) -> None:
         self._keep_snapshot()
         connection = SseConnection(
             connection_id, max_queue=self.MAX_QUEUE, write_timeout=None, metrics=Metrics()
         )
+        # Held: resuming from position 0, its replay not yet run. Else live at position 0.
+        connection.start(b"", 0, Handover(0, "an id") if held else None)
         if connection_id in self.model:
             with pytest.raises(ConfigurationError, match="connection_id"):
                 self.registry.add(connection)
             assert self.registry.get(connection_id) is self.model[connection_id].connection
         else:
             self.registry.add(connection)
-            self.model[connection_id] = Model(connection)
+            self.model[connection_id] = Model(connection, held)
 
     @rule(connection_id=st.sampled_from(["a", "b", "c", "d", "e", "f"]))
     def remove(self, connection_id: str) -> None:
@@ -424,40 +425,45 @@ class RegistryMachine(RuleBasedStateMachine):
         assert removed is (expected.connection if expected else None)
 
     @rule(data=st.data())
-    def release(self, data: st.DataObject) -> None:
-        held = [m for m in self.model.values() if not m.released and not m.closed]
-        if not held:
-            return
-        model = data.draw(st.sampled_from(held))
-        model.connection.release(b"", model.held)
-        model.released, model.held = True, 0  # held frames became the prelude
-
-    @rule(data=st.data())
     def close(self, data: st.DataObject) -> None:
         if not self.model:
             return
         model = data.draw(st.sampled_from(list(self.model.values())))
         model.connection.close("client went away")
+        if model.held and not model.closed:
+            model.queued = 0  # what a closing connection held is dropped
         model.closed = True
         assert model.connection.closed
 
     @rule()
     def offer_to_everyone(self) -> None:
-        self.frames += 1
-        frame = Frame(f"f-{self.frames}", "order-created", b"data: x\n\n")
+        self.ticks += 1
+        frame = Frame(f"f-{self.ticks}", "order-created", b"data: x\n\n", tick=self.ticks)
         for connection in self.registry.snapshot():
             model = self.model[connection.id]
-            accepted = connection.offer(frame)
             if model.closed:
-                assert accepted, "a closed connection silently ignores frames"
-            elif not model.released:
-                model.held += 1
-                assert accepted == (model.held <= self.MAX_QUEUE)
+                connection.offer(frame)  # a closed connection silently ignores frames
+            elif model.held:
+                connection.offer(frame)  # never raises: the replay will carry on past
+                model.queued = model.queued + 1 if model.queued < self.MAX_QUEUE else 0
             elif model.queued < self.MAX_QUEUE:
-                assert accepted
+                connection.offer(frame)
                 model.queued += 1
+                assert connection.position == self.ticks
             else:
-                assert not accepted, "a full queue reports the client lagging"
+                with pytest.raises(OutboxFull):  # a full outbox reports the client lagging
+                    connection.offer(frame)
+
+    @rule()
+    def offer_a_frame_every_connection_already_has(self) -> None:
+        frame = Frame("f-0", "order-created", b"data: old\n\n", tick=0)
+        for connection in self.registry.snapshot():
+            connection.offer(frame)  # at or before its position: dropped, never raises
+
+    @invariant()
+    def each_outbox_holds_what_the_model_says(self) -> None:
+        for model in self.model.values():
+            assert len(model.connection.outbox) == model.queued
 
     @invariant()
     def the_registry_holds_the_model_in_insertion_order(self) -> None:
@@ -466,7 +472,6 @@ class RegistryMachine(RuleBasedStateMachine):
         for connection_id, model in self.model.items():
             assert connection_id in self.registry
             assert self.registry.get(connection_id) is model.connection
-        assert isinstance(self.registry, ISseClientRegistry)
 
     @invariant()
     def a_snapshot_never_changes_once_taken(self) -> None:

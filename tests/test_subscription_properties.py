@@ -11,10 +11,16 @@ carrying at least one of them; a ``Restricted`` event also needs the connection'
 attribute to equal the event's role (its ``allow`` predicate raises ``KeyError`` for a
 connection without a role, which must count as "no").
 
+Ids carry positions: the id a client gets with an event is the token of the event's
+position for the client's tenant (no id is shared by two tenants, even for an event
+without a tenant), the same on every instance. A resuming
+client brings the id it was last given: of an event, or of the position it was handed on
+connecting (``Broadcaster.position_id``), here the position just after some event.
+
 Run on ``InMemoryEventBus`` with many examples, and on ``RedisEventBus`` in streams mode
 with a few (each costs Redis round trips): there, the live connections are on one instance
 and the resuming ones on a second instance started later, so their replay comes from the
-Redis stream while that instance's own reader may still be catching up.
+Redis streams while that instance's own reader may still be catching up.
 """
 
 from __future__ import annotations
@@ -43,9 +49,10 @@ from ssebus import (
     InMemoryEventBus,
     SseConnection,
     Subscription,
-    delivery_id,
+    delivery_position,
 )
 from ssebus._metrics import Metrics
+from ssebus._position import PositionCodec
 from ssebus.redis import RedisEventBus
 from ssebus.testing import parse_events
 
@@ -141,6 +148,10 @@ def build(specs: Sequence[tuple[str | None, list[str], str | None]]) -> list[Eve
 # --- connections ---------------------------------------------------------------------------
 
 
+#: The id of one position for each tenant's clients.
+Ids = dict[str | None, str]
+
+
 @dataclass(eq=False)
 class Stream:
     """One connection: its subscription, where it resumed from, and what it wrote."""
@@ -161,9 +172,14 @@ class Stream:
         events = parse_events(b"".join(self.writes))
         return [(e.last_event_id, json.loads(e.data)["n"]) for e in events]
 
-    def expected(self, events: Sequence[Event], ids: Sequence[str]) -> list[tuple[str, int]]:
+    def expected(self, events: Sequence[Event], ids: Sequence[Ids]) -> list[tuple[str, int]]:
         first = self.joined_at if self.resume_after is None else self.resume_after + 1
-        return [(ids[e.n], e.n) for e in events[first:] if admits(self.subscription, e)]
+        view = self.subscription.tenant
+        return [(ids[e.n][view], e.n) for e in events[first:] if admits(self.subscription, e)]
+
+    def complete(self, events: Sequence[Event], ids: Sequence[Ids]) -> bool:
+        """Whether it has received as many events as it should by now."""
+        return len(self.received()) >= len(self.expected(events, ids))
 
 
 async def serve(
@@ -236,17 +252,17 @@ async def test_every_connection_receives_exactly_the_events_its_subscription_adm
 ) -> None:
     events = build(specs)
     streams = [Stream(subscription) for subscription in subs]
-    ids: list[str] = []
+    ids: list[Ids] = []
     with anyio.fail_after(GUARD):
         async with InMemoryEventBus() as bus, running(bus) as (broadcaster, tasks):
             for stream in streams:
                 await join(tasks, broadcaster, stream, None)
             for event in events:
                 await bus.publish(event)
-                assert broadcaster.last_event_id is not None
-                ids.append(broadcaster.last_event_id)
+                ids.append({t: broadcaster.position_id(t) for t in TENANTS})  # its ids
             metrics = broadcaster.metrics()
-    assert len(set(ids)) == len(ids)
+    every_id = [event_id for each in ids for event_id in each.values()]
+    assert len(set(every_id)) == len(every_id)  # no two events, no two tenants share one
     for stream in streams:
         assert stream.received() == stream.expected(events, ids)
     assert metrics.predicate_errors == predicate_failures(streams, events)
@@ -254,8 +270,8 @@ async def test_every_connection_receives_exactly_the_events_its_subscription_adm
 
 @st.composite
 def schedules(draw: st.DrawFn) -> tuple[list[Event], list[tuple[int, Stream]]]:
-    """Events, and connections that join before publish number ``at``, some resuming from a
-    random id already published (or from the origin, before any event)."""
+    """Events, and connections that join before publish number ``at``, some resuming from the
+    position after a random event already published (or from the one before any event)."""
     events = build(draw(st.lists(event_specs, max_size=20)))
     joins = []
     for _ in range(draw(st.integers(1, 6))):
@@ -275,24 +291,28 @@ async def test_a_connection_resuming_from_any_id_gets_exactly_the_admitted_event
     schedule: tuple[list[Event], list[tuple[int, Stream]]],
 ) -> None:
     events, joins = schedule
-    ids: list[str] = []
+    ids: list[Ids] = []
+    #: positions[n + 1][tenant]: the id that puts a client of tenant just after event n.
+    positions: list[Ids] = []
     with anyio.fail_after(GUARD):
         async with InMemoryEventBus() as bus, running(bus) as (broadcaster, tasks):
-            origin = broadcaster.last_event_id
-            assert origin is not None
+            positions.append({t: broadcaster.position_id(t) for t in TENANTS})
             pending = list(joins)
             for step in range(len(events) + 1):
                 while pending and pending[0][0] == step:
                     _, stream = pending.pop(0)
                     after = stream.resume_after
                     last_event_id = (
-                        None if after is None else (ids[after] if after >= 0 else origin)
+                        None if after is None else positions[after + 1][stream.subscription.tenant]
                     )
                     await join(tasks, broadcaster, stream, last_event_id)
                 if step < len(events):
                     await bus.publish(events[step])
-                    assert broadcaster.last_event_id is not None
-                    ids.append(broadcaster.last_event_id)
+                    positions.append({t: broadcaster.position_id(t) for t in TENANTS})
+                    ids.append(positions[-1])
+            # A client still replaying at shutdown would drop what it held (and resume
+            # later): let every replay end first.
+            await wait_until(lambda: all(s.complete(events, ids) for _, s in joins))
     for _, stream in joins:
         assert stream.received() == stream.expected(events, ids)
 
@@ -371,19 +391,23 @@ async def test_on_a_redis_stream_live_and_resuming_connections_get_exactly_their
 ) -> None:
     events, before, live, resuming = schedule
     name = f"ssebus-test-{uuid.uuid4().hex}"
-    ids: list[str] = []  # the Redis entry id of each event, in publish order
+    ticks: list[int] = []  # the bus position of each event, in publish order
+    ids: list[Ids] = []  # the id each event carries, for each tenant's clients
 
     async def record(event: object) -> None:
-        entry_id = delivery_id()
-        assert entry_id is not None
-        ids.append(entry_id)
+        tick = delivery_position()
+        assert tick is not None
+        assert isinstance(event, Posted | Restricted)
+        ticks.append(tick)
+        ids.append({t: codec.token(t, tick) for t in TENANTS})
 
     try:
         with anyio.fail_after(GUARD * 2):
             async with AsyncExitStack() as stack:
                 bus_a = await stack.enter_async_context(redis_bus(name))
+                codec = PositionCodec(bus_a.position_secret())
                 bus_a.subscribe(object, record)
-                origin = bus_a.latest_id()  # a fresh stream: "0-0"
+                origin = bus_a.latest_position()  # a fresh bus: 0
                 broadcaster_a, tasks_a = await stack.enter_async_context(running(bus_a))
                 for stream in live:
                     await join(tasks_a, broadcaster_a, stream, None)
@@ -397,18 +421,24 @@ async def test_on_a_redis_stream_live_and_resuming_connections_get_exactly_their
                 for stream in resuming:
                     after = stream.resume_after
                     assert after is not None
-                    await join(tasks_b, broadcaster_b, stream, ids[after] if after >= 0 else origin)
+                    tick = ticks[after] if after >= 0 else origin
+                    # The id of the position after event ``after``, in the client's view.
+                    last_event_id = codec.token(stream.subscription.tenant, tick)
+                    await join(tasks_b, broadcaster_b, stream, last_event_id)
                     if published < len(events):  # publish while the others join
                         await bus_b.publish(events[published])
                         published += 1
                 for number, event in enumerate(events[published:]):
                     await (bus_a if number % 2 else bus_b).publish(event)
-                await wait_until(lambda: len(ids) == len(events))
+                await wait_until(lambda: len(ticks) == len(events))
                 await wait_until(
-                    lambda: broadcaster_a.last_event_id == broadcaster_b.last_event_id == ids[-1]
+                    lambda: broadcaster_a.position == broadcaster_b.position == ticks[-1]
                 )
+                await wait_until(lambda: all(s.complete(events, ids) for s in live + resuming))
     finally:
         async with coredis.Redis.from_url(REDIS_URL, decode_responses=True) as redis:
-            await redis.delete([name])
+            keys = [key async for key in redis.scan_iter(match=f"{{{name}}}:*")]
+            if keys:
+                await redis.delete(keys)
     for stream in live + resuming:
         assert stream.received() == stream.expected(events, ids)
