@@ -13,14 +13,21 @@ on either instance; ``--redis-mode pubsub`` for at-most-once fan-out):
     python examples/orders_app.py --port 8000 --redis redis://127.0.0.1:6379/0 --simulate
     python examples/orders_app.py --port 8001 --redis redis://127.0.0.1:6379/0
 
-GET  /?tenant=acme         the live page (plain HTML + EventSource)
+GET  /?tenant=acme         the live page (plain HTML + EventSource); "/" redirects here
 GET  /tenants              two tenants' pages side by side
-GET  /events?tenant=acme   the event stream (resumes with Last-Event-ID); 403 for an
-                           unknown tenant, "acme" when none is given
+GET  /events?tenant=acme   the event stream (resumes with Last-Event-ID)
 POST /orders               {"customer": "ana", "tenant": "acme"} -> OrderCreatedDomainEvent
 POST /orders/{id}/status   {"status": "shipped"}    -> OrderStatusChangedDomainEvent
-GET  /orders?tenant=acme   a tenant's orders and their status, to rebuild state after a reset
+GET  /orders?tenant=acme   a tenant's orders and their status, to rebuild state after a reset;
+                           its Last-Event-ID header is the stream position they were read at
+                           (open /events?tenant=acme&lastEventId=... to continue from there)
 GET  /metrics              the broadcaster's metrics as JSON
+
+Each route that needs a tenant (all but ``/tenants``, ``/orders/{id}/status`` and
+``/metrics``) takes exactly one ``tenant``, and never guesses one: none is a 401 (only ``/``
+redirects to ``/?tenant=acme`` instead), ``tenant`` twice or a look-alike such as
+``TENANT=`` or ``tenant[]=`` a 400, an unknown tenant a 403; the reason names the
+parameter and the problem.
 """
 
 from __future__ import annotations
@@ -28,9 +35,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import json
 import random
+import re
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,11 +50,19 @@ import anyio
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
 from starlette.routing import Route
 
 from ssebus import (
     Broadcaster,
+    EventHistory,
     EventMap,
     IEventBus,
     InMemoryEventBus,
@@ -148,16 +165,54 @@ def order_status_changed(event: OrderStatusChangedDomainEvent) -> dict[str, Any]
     return {"orderId": event.order_id, "oldStatus": event.old_status, "newStatus": event.new_status}
 
 
+#: The one parameter (query string) or key (JSON body) that names a request's tenant.
+TENANT = "tenant"
+#: ``tenant`` in another case, with brackets or spaces: a different parameter to us, maybe
+#: the same one to a framework or proxy that reads it instead.
+_LOOK_ALIKE = re.compile(r"\s*tenant\s*(\[[^\]]*\]\s*)*", re.IGNORECASE)
+
+
+def choose_tenant(pairs: Iterable[tuple[str, object]]) -> str | Refusal:
+    """The tenant a request's parameters name, or why they do not name exactly one.
+
+    A demo teaches, so it never guesses: no ``tenant`` is a 401; ``tenant`` more than once,
+    or a look-alike (``TENANT``, ``tenant[]``, ``tenant ``) is a 400, since another part of
+    a stack may read that one instead; an unknown tenant is a 403.
+    """
+    given: list[object] = []
+    for name, value in pairs:
+        if name == TENANT:
+            given.append(value)
+        elif _LOOK_ALIKE.fullmatch(name):
+            return Refusal(400, f"{name!r}: looks like 'tenant'; name the tenant once, as 'tenant'")
+    if len(given) > 1:
+        return Refusal(400, f"tenant: given {len(given)} times; name exactly one tenant")
+    if not given or given[0] == "":
+        return Refusal(
+            401,
+            f"tenant: missing; name one, e.g. tenant={TENANTS[0]}",
+            headers=[("www-authenticate", 'Tenant realm="orders"')],
+        )
+    tenant = given[0]
+    if not isinstance(tenant, str):
+        return Refusal(400, "tenant: must be one string")
+    if tenant not in TENANTS:
+        return Refusal(403, f"tenant: unknown tenant {tenant!r}")
+    return tenant
+
+
+def query_pairs(scope: Scope) -> list[tuple[str, str]]:
+    """The query string's parameters in order, repeats and empty values kept."""
+    query = bytes(scope.get("query_string", b"")).decode("latin-1")
+    return parse_qsl(query, keep_blank_values=True)
+
+
 async def authorize(scope: Scope) -> Subscription | Refusal:
     """The stream's tenant comes from ``?tenant=`` (a real app would read a session or token)."""
-    tenant = _query(scope).get("tenant", TENANTS[0])
-    if tenant not in TENANTS:
-        return Refusal(403, f"unknown tenant {tenant!r}")
+    tenant = choose_tenant(query_pairs(scope))
+    if isinstance(tenant, Refusal):
+        return tenant
     return Subscription(tenant=tenant)
-
-
-def _query(scope: Scope) -> dict[str, str]:
-    return dict(parse_qsl(bytes(scope.get("query_string", b"")).decode("latin-1")))
 
 
 # -- the web app ----------------------------------------------------------------------------
@@ -187,6 +242,16 @@ def redis_bus(url: str, mode: Mode = "streams") -> RedisEventBus:
     return bus
 
 
+class JsonObject(list[tuple[str, Any]]):
+    """A JSON object as its key/value pairs in order, repeated keys kept (``json.loads``
+    would keep only the last ``"tenant"`` of ``{"tenant": "acme", "tenant": "globex"}``)."""
+
+
+def refused(refusal: Refusal) -> Response:
+    """A refusal as the JSON API answers errors: ``{"error": reason}``."""
+    return JSONResponse({"error": refusal.reason}, refusal.status, dict(refusal.headers))
+
+
 SIDE_BY_SIDE = """<!doctype html><meta charset="utf-8"><title>ssebus · two tenants</title>
 <style>body {{ margin: 0; display: flex; }} iframe {{ flex: 1; height: 100vh; border: 0;
 border-right: 1px solid #ccc; }}</style>{frames}"""
@@ -198,9 +263,11 @@ def build_app(
     simulate_orders: bool = False,
     heartbeat: float = 15.0,
     shared_bus: RedisEventBus | None = None,
+    history: EventHistory | None = None,
 ) -> Starlette:
     """The app; with ``shared_bus`` (e.g. :func:`redis_bus`) it runs that bus in its lifespan,
-    so every instance on the bus shows one live feed (``bus`` is then ignored)."""
+    so every instance on the bus shows one live feed (``bus`` is then ignored). ``history``
+    is what a reconnecting page resumes from (default: the broadcaster's)."""
     if shared_bus is not None:
         bus = shared_bus
         orders = Orders(bus, prefix=f"ord-{secrets.token_hex(2)}")  # unique across instances
@@ -208,9 +275,15 @@ def build_app(
     else:
         bus = bus or InMemoryEventBus()
         orders = Orders(bus)
-    broadcaster = Broadcaster(bus, events, heartbeat=heartbeat)
+    broadcaster = Broadcaster(bus, events, heartbeat=heartbeat, history=history)
 
     async def page(request: Request) -> Response:
+        tenant = choose_tenant(query_pairs(request.scope))
+        if isinstance(tenant, Refusal) and tenant.status == 401:
+            # A newcomer on "/": show them the first tenant's page, saying so in the URL.
+            return RedirectResponse(f"/?tenant={TENANTS[0]}", 302)
+        if isinstance(tenant, Refusal):
+            return PlainTextResponse(tenant.reason, tenant.status, dict(tenant.headers))
         return FileResponse(PAGE, media_type="text/html")
 
     async def side_by_side(request: Request) -> Response:
@@ -218,15 +291,18 @@ def build_app(
         return HTMLResponse(SIDE_BY_SIDE.format(frames=frames))
 
     async def create_order(request: Request) -> Response:
-        body = await request.json()
-        if not isinstance(body, dict):
+        try:
+            body = json.loads(await request.body(), object_pairs_hook=JsonObject)
+        except ValueError:
+            body = None
+        if not isinstance(body, JsonObject):
             return JSONResponse({"error": "body: a JSON object is required"}, 422)
-        customer = body.get("customer")
+        tenant = choose_tenant(body)
+        if isinstance(tenant, Refusal):
+            return refused(tenant)
+        customer = dict(body).get("customer")
         if not isinstance(customer, str) or not customer:
             return JSONResponse({"error": "customer: a non-empty string is required"}, 422)
-        tenant = body.get("tenant", TENANTS[0])
-        if tenant not in TENANTS:
-            return JSONResponse({"error": f"tenant: one of {TENANTS} is required"}, 422)
         order_id = await orders.create(customer, tenant)
         return JSONResponse({"orderId": order_id, "status": "created", "tenant": tenant}, 201)
 
@@ -242,14 +318,19 @@ def build_app(
         return JSONResponse({"orderId": order_id, "status": status})
 
     async def list_orders(request: Request) -> Response:
-        tenant = request.query_params.get("tenant", TENANTS[0])
-        return JSONResponse(
-            [
-                {"orderId": order_id, "status": status, "customer": orders.customer[order_id]}
-                for order_id, status in orders.status.items()
-                if orders.tenant[order_id] == tenant
-            ]
-        )
+        tenant = choose_tenant(query_pairs(request.scope))
+        if isinstance(tenant, Refusal):
+            return refused(tenant)
+        # The position first, then the orders, with no await between: a change the orders
+        # already show may be replayed on top of them (harmless: the page sets the status
+        # an event names), but none is missing from both.
+        position = broadcaster.position_id(tenant)
+        listed = [
+            {"orderId": order_id, "status": status, "customer": orders.customer[order_id]}
+            for order_id, status in orders.status.items()
+            if orders.tenant[order_id] == tenant
+        ]
+        return JSONResponse(listed, headers={"last-event-id": position})
 
     async def metrics(request: Request) -> Response:
         return JSONResponse(broadcaster.metrics().as_dict())
