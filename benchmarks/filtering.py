@@ -40,6 +40,7 @@ import anyio
 import anyio.lowlevel
 
 from ssebus import Broadcaster, EventMap, Frame, InMemoryEventBus, Subscription
+from ssebus._outbox import OutboxFull
 
 ROLES = frozenset({"staff", "admin"})
 
@@ -132,24 +133,32 @@ class Sink:
             self.done.set()
 
     async def write(self, data: bytes) -> None:
-        self.frames += data.count(b"\n\n")
+        # Event frames: each has one data line here. The ``id:`` alone a stream starts
+        # with (the client's position) has none and is not counted.
+        self.frames += data.count(b"\ndata: ")
         if self.frames >= self.target:
             self.done.set()
 
 
 def naive_publish(broadcaster: Broadcaster, event: object) -> Frame | None:
     """``publish`` without the index: every connection's subscription is asked."""
-    frame = broadcaster.render(event)
+    tick = broadcaster.position + 1
+    frame = broadcaster.render(event, tick)
     if frame is None:
         return None
+    # What ``publish`` does to take the next position (there is no public setter); the
+    # indexed ``publish`` of the next event then takes the one after it.
+    broadcaster._latest = tick
     broadcaster.history.append(frame)
     allow = frame.allow
     for connection in broadcaster.registry.snapshot():
         subscription = connection.subscription
         if not subscription.matches(frame) or (allow is not None and not allow(subscription)):
             continue
-        if not connection.offer(frame):
-            raise RuntimeError(f"{connection.id} evicted; the benchmark is misconfigured")
+        try:
+            connection.offer(frame)
+        except OutboxFull:
+            raise RuntimeError(f"{connection.id} evicted; the benchmark is misconfigured") from None
     return frame
 
 

@@ -1,4 +1,8 @@
-"""The pipeline without HTTP: publish a domain event, print the frame a client receives."""
+"""The pipeline without HTTP: publish a domain event, print the frames a client receives.
+
+A stream starts with the client's position (an ``id:`` alone, which dispatches no event:
+a client cut before its first event still resumes from there), then the event itself.
+"""
 
 from dataclasses import dataclass
 

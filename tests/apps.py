@@ -12,10 +12,13 @@ Factories:
   lifespan itself. Nothing publishes to it; it serves the protocol-level tests.
 * :func:`auth_app` - the same, with an ``authorize`` hook that wants ``Bearer good``.
 * :func:`starlette_app` / :func:`fastapi_app` - the endpoint mounted in a framework app, plus
-  ``POST /publish`` ``{"data": str, "event"?: str}`` (broadcast as is, answers ``{"id"}``),
-  ``POST /domain`` ``{"text": str}`` (a domain event published on the bus, mapped to a
-  ``noted`` event), ``POST /kick`` (aborts every stream) and ``GET /metrics``.
-* :func:`orders_app` - the demo of ``examples/orders_app.py`` plus ``POST /kick``.
+  ``POST /publish`` ``{"data": str, "event"?: str}`` (broadcast as is, answers ``{"id"}``,
+  the position token the frame was given), ``POST /domain`` ``{"text": str}`` (a domain
+  event published on the bus, mapped to a ``noted`` event; answers its ``{"id"}`` too),
+  ``POST /kick`` (aborts every stream) and ``GET /metrics``.
+* :func:`orders_app` - the demo of ``examples/orders_app.py`` plus ``POST /kick``;
+  :func:`orders_app_short_history` the same keeping only the last 2 events per tenant, so
+  a page that misses 3 gets a ``reset``.
 
 ``SSEBUS_TEST_HEARTBEAT`` sets the heartbeat in seconds (``off``: none; default 15).
 """
@@ -40,7 +43,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ssebus import Broadcaster, EventMap, InMemoryEventBus, Refusal, ServerSentEvent, SseEndpoint
+from ssebus import (
+    Broadcaster,
+    EventHistory,
+    EventMap,
+    InMemoryEventBus,
+    InMemoryHistory,
+    Refusal,
+    ServerSentEvent,
+    SseEndpoint,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make ``examples`` importable
@@ -109,7 +121,9 @@ def control_routes(broadcaster: Broadcaster) -> list[Route]:
     async def domain(request: Request) -> Response:
         body = await request.json()
         await broadcaster.bus.publish(Noted(body["text"]))
-        return JSONResponse({"id": broadcaster.last_event_id})
+        # The in-memory bus delivers before ``publish`` returns: the newest position is
+        # this event's, and its (tenant-less) id is the token of that position.
+        return JSONResponse({"id": broadcaster.position_id()})
 
     async def kick(request: Request) -> Response:
         connections = broadcaster.registry.snapshot()
@@ -169,12 +183,17 @@ def fastapi_app() -> Starlette:
     return app
 
 
-def orders_app() -> Starlette:
+def orders_app(history: EventHistory | None = None) -> Starlette:
     """The live-orders demo, unchanged, plus ``POST /kick`` (abort every stream)."""
-    app = build_app(heartbeat=heartbeat_from_env() or 15.0)
+    app = build_app(heartbeat=heartbeat_from_env() or 15.0, history=history)
     broadcaster: Broadcaster = app.state.broadcaster
     app.router.routes.extend(r for r in control_routes(broadcaster) if r.path == "/kick")
     return app
+
+
+def orders_app_short_history() -> Starlette:
+    """:func:`orders_app` keeping the last 2 events per tenant: missing 3 means a reset."""
+    return orders_app(InMemoryHistory(max_events=2))
 
 
 FACTORIES: dict[str, Callable[[], Any]] = {
@@ -183,6 +202,7 @@ FACTORIES: dict[str, Callable[[], Any]] = {
     "starlette_app": starlette_app,
     "fastapi_app": fastapi_app,
     "orders_app": orders_app,
+    "orders_app_short_history": orders_app_short_history,
 }
 
 

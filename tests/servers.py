@@ -6,6 +6,9 @@ until the port accepts connections, yield a :class:`ServerProcess` and, on exit,
 server with SIGINT and assert that it exits within ``STOP_TIMEOUT`` seconds (killing its
 whole process group if it does not, so nothing outlives the test).
 
+:func:`httpx_sse_prelude` (and :func:`httpx_sse_prelude_sync`) read the start of a fresh
+stream as httpx-sse yields it.
+
 Two ways to serve an app:
 
 * ``graceful=False``: the server's own command line, as most deployments run it
@@ -24,10 +27,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO
+
+from httpx_sse import ServerSentEvent as HttpxSseEvent
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "examples" / "orders_app.py"
@@ -229,3 +234,40 @@ def serve_demo(*args: str) -> Iterator[ServerProcess]:
     port = free_port()
     with run_server([sys.executable, str(DEMO), "--port", str(port), *args], port) as s:
         yield s
+
+
+# -- the start of a fresh stream, as httpx-sse reads it ------------------------------------
+
+
+def check_httpx_sse_prelude(retry_frame: HttpxSseEvent, id_frame: HttpxSseEvent, retry: int) -> str:
+    """Check the two dispatches httpx-sse makes of a fresh stream's prelude; its position id.
+
+    Every stream starts with ``retry: N`` and, for a client without ``Last-Event-ID``, an
+    ``id: <token>`` alone: ``EventSource`` dispatches neither (no data), httpx-sse yields each
+    as a ``message`` with empty data. The id is the client's position: resuming from it
+    misses nothing published after the connection was registered.
+    """
+    assert (retry_frame.event, retry_frame.data, retry_frame.id, retry_frame.retry) == (
+        "message",
+        "",
+        "",
+        retry,
+    ), retry_frame
+    assert (id_frame.event, id_frame.data, id_frame.retry) == ("message", "", None), id_frame
+    assert id_frame.id, id_frame
+    return id_frame.id
+
+
+async def httpx_sse_prelude(events: AsyncIterator[HttpxSseEvent], retry: int) -> str:
+    """Read a fresh stream's prelude from ``aiter_sse()``; its position id. Once it is read
+    the connection is registered: anything published from then on reaches it."""
+    retry_frame = await events.__anext__()
+    id_frame = await events.__anext__()
+    return check_httpx_sse_prelude(retry_frame, id_frame, retry)
+
+
+def httpx_sse_prelude_sync(events: Iterator[HttpxSseEvent], retry: int) -> str:
+    """:func:`httpx_sse_prelude` for ``iter_sse()``."""
+    retry_frame = next(events)
+    id_frame = next(events)
+    return check_httpx_sse_prelude(retry_frame, id_frame, retry)

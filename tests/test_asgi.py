@@ -19,6 +19,8 @@ before returning (see ``tests/apps.py``).
 from __future__ import annotations
 
 import json
+import re
+import secrets
 import socket
 import struct
 from collections import deque
@@ -29,8 +31,17 @@ import httpx
 import pytest
 from anyio.abc import SocketAttribute
 from httpx_sse import aconnect_sse
-from servers import CLEAN_EXIT, SERVERS, STOP_TIMEOUT, ServerProcess, serve_app, serve_demo
+from servers import (
+    CLEAN_EXIT,
+    SERVERS,
+    STOP_TIMEOUT,
+    ServerProcess,
+    httpx_sse_prelude,
+    serve_app,
+    serve_demo,
+)
 
+from ssebus._position import PositionCodec
 from ssebus.testing import EventStreamParser, ParsedEvent
 
 pytestmark = pytest.mark.anyio
@@ -39,6 +50,8 @@ pytestmark = pytest.mark.anyio
 RETRY_MS = 3000
 #: What the endpoint writes first on every stream.
 RETRY_PRELUDE = b"retry: 3000\n\n"
+#: A fresh stream (no Last-Event-ID): the retry, then the client's position as an id alone.
+FRESH_PRELUDE = re.compile(rb"retry: 3000\n\nid: ([A-Za-z0-9_-]+)\n\n")
 #: Seconds any single step of a test may take.
 STEP = 5.0
 SSE_HEADERS = {
@@ -119,6 +132,15 @@ class EventReader:
                 await self._read_chunk()
         assert self.parser.retry == retry, bytes(self.raw)
 
+    async def position(self) -> str:
+        """Wait for the id a fresh stream starts with; no event may be dispatched before."""
+        with anyio.fail_after(STEP):
+            while not self.parser.last_event_id and not self.ended:
+                await self._read_chunk()
+        assert self.parser.last_event_id, bytes(self.raw)
+        assert not self._events, self._events
+        return self.parser.last_event_id
+
     async def events(self, count: int) -> list[ParsedEvent]:
         """The next ``count`` dispatched events; fails if they do not come in time."""
         with anyio.fail_after(STEP):
@@ -175,7 +197,7 @@ async def test_get_answers_200_with_the_event_stream_headers(
             assert response.headers.get(name) == value, name
 
 
-async def test_stream_starts_with_retry(
+async def test_stream_starts_with_retry_then_the_clients_position_without_an_event(
     raw_server: ServerProcess, client: httpx.AsyncClient
 ) -> None:
     async with client.stream("GET", raw_server.url) as response:
@@ -183,9 +205,13 @@ async def test_stream_starts_with_retry(
         with anyio.fail_after(STEP):
             async for chunk in response.aiter_bytes():
                 first += chunk
-                if len(first) >= len(RETRY_PRELUDE):
+                if FRESH_PRELUDE.match(first):
                     break
-    assert first.startswith(RETRY_PRELUDE)
+    match = FRESH_PRELUDE.match(first)
+    assert match, bytes(first)
+    parser = EventStreamParser()
+    assert parser.feed(bytes(first)) == []  # EventSource dispatches nothing...
+    assert parser.last_event_id == match.group(1).decode()  # ...but would resume from here
 
 
 async def test_head_answers_the_headers_without_a_body_and_without_waiting(
@@ -285,12 +311,12 @@ async def test_httpx_sse_reads_the_mounted_stream(
     with anyio.fail_after(STEP):
         async with aconnect_sse(client, "GET", url) as source:
             events = source.aiter_sse()
-            first = await events.__anext__()
-            assert (first.data, first.retry) == ("", RETRY_MS)  # the retry-only frame
+            position = await httpx_sse_prelude(events, RETRY_MS)
             event_id = await publish(client, starlette_server.url, "via httpx-sse")
             sse = await events.__anext__()
             await events.aclose()
     assert (sse.event, sse.data, sse.id) == ("note", "via httpx-sse", event_id)
+    assert event_id != position
 
 
 # -- resume ----------------------------------------------------------------------------------
@@ -333,6 +359,29 @@ async def test_reconnect_with_last_event_id_gets_exactly_the_missed_events_then_
     assert after[0].data == "after"
 
 
+async def test_a_client_cut_before_its_first_event_resumes_from_its_connect_position(
+    starlette_server: ServerProcess, client: httpx.AsyncClient
+) -> None:
+    """A quiet client cut by a proxy still has an id (the prelude's): nothing published
+    while it is away is lost, and it gets no ``reset``."""
+    base = starlette_server.url
+    async with client.stream("GET", f"{base}/events") as response:
+        reader = EventReader(response)
+        await reader.connected()
+        position = await reader.position()
+
+    missed_id = await publish(client, base, "missed while away")
+    headers = {"last-event-id": position}
+    async with client.stream("GET", f"{base}/events", headers=headers) as response:
+        reader = EventReader(response)
+        await reader.connected()
+        [missed] = await reader.events(1)
+        live_id = await publish(client, base, "live")
+        [live] = await reader.events(1)
+    assert missed == ParsedEvent("note", "missed while away", missed_id, RETRY_MS)
+    assert live == ParsedEvent("note", "live", live_id, RETRY_MS)
+
+
 async def test_reconnect_with_the_newest_id_replays_nothing(
     starlette_server: ServerProcess, client: httpx.AsyncClient
 ) -> None:
@@ -346,7 +395,13 @@ async def test_reconnect_with_the_newest_id_replays_nothing(
         assert await reader.events(1) == [ParsedEvent("note", "live", live_id, RETRY_MS)]
 
 
-@pytest.mark.parametrize("unknown", ["no-such-id", "lz3k9f2-7"], ids=["garbage", "old-process"])
+#: An id as an earlier process (another position secret) handed out: well-formed, not ours.
+EARLIER_PROCESS_ID = PositionCodec(secrets.token_bytes(32)).token(None, 7)
+
+
+@pytest.mark.parametrize(
+    "unknown", ["no-such-id", EARLIER_PROCESS_ID], ids=["garbage", "earlier-process"]
+)
 async def test_unknown_last_event_id_gets_a_reset_event_then_live_ones(
     starlette_server: ServerProcess, client: httpx.AsyncClient, unknown: str
 ) -> None:
@@ -465,11 +520,11 @@ async def demo_ctrl_c(demo: ServerProcess) -> tuple[bytes, int]:
     """Hold a stream open on the demo, press Ctrl+C; the stream's tail and the exit code."""
     async with (
         httpx.AsyncClient(timeout=STEP) as http,
-        http.stream("GET", f"{demo.url}/events") as response,
+        http.stream("GET", f"{demo.url}/events", params={"tenant": "acme"}) as response,
     ):
         reader = EventReader(response)
         await reader.connected(retry=1000)
-        posted = await http.post(f"{demo.url}/orders", json={"customer": "ana"})
+        posted = await http.post(f"{demo.url}/orders", json={"customer": "ana", "tenant": "acme"})
         assert posted.status_code == 201
         [created] = await reader.events(1)
         assert created.type == "order-created"

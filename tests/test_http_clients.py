@@ -18,7 +18,7 @@ import httpx
 import pytest
 from httpx_sse import ServerSentEvent as HttpxSseEvent
 from httpx_sse import aconnect_sse, connect_sse
-from servers import ServerProcess, serve_app
+from servers import ServerProcess, httpx_sse_prelude, httpx_sse_prelude_sync, serve_app
 
 from ssebus.testing import EventStreamParser, ParsedEvent, parse_events
 
@@ -89,8 +89,7 @@ async def test_httpx_sse_receives_the_payload_intact(
     with anyio.fail_after(STEP):
         async with aconnect_sse(client, "GET", f"{server.url}/events") as source:
             events = source.aiter_sse()
-            prelude = await events.__anext__()  # httpx-sse dispatches the retry-only frame
-            assert (prelude.data, prelude.retry) == ("", RETRY_MS)
+            await httpx_sse_prelude(events, RETRY_MS)  # retry, then the position's id
             event_id = await publish(client, server.url, payload)
             received = await events.__anext__()
             await events.aclose()
@@ -117,7 +116,7 @@ async def test_raw_bytes_parsed_by_the_spec_parser_match_httpx_sse(
     ):
         events = source.aiter_sse()
         with anyio.fail_after(STEP):
-            await events.__anext__()  # the retry-only frame: both are registered now
+            await httpx_sse_prelude(events, RETRY_MS)  # retry and id: both are registered now
             raw_chunks = raw_response.aiter_bytes()
             first = await raw_chunks.__anext__()
         assert first.startswith(b"retry: 3000\n\n")
@@ -135,7 +134,9 @@ async def test_raw_bytes_parsed_by_the_spec_parser_match_httpx_sse(
                     break
         await events.aclose()
 
-    via_spec = parse_events(first + bytes(rest))
+    stream = first + bytes(rest)
+    assert re.match(rb"retry: 3000\n\nid: [A-Za-z0-9_-]+\n\n", stream), stream[:64]
+    via_spec = parse_events(stream)
     expected = [
         ParsedEvent("note", on_the_wire(payload), event_id, RETRY_MS)
         for payload, event_id in zip(PAYLOADS.values(), ids, strict=True)
@@ -153,7 +154,7 @@ def test_the_sync_httpx_sse_api_receives_the_payloads_intact(server: ServerProce
         connect_sse(http, "GET", f"{base}/events") as source,
     ):
         events = source.iter_sse()
-        assert next(events).retry == RETRY_MS
+        httpx_sse_prelude_sync(events, RETRY_MS)
         received = []
         for payload in PAYLOADS.values():
             posted = http.post(f"{base}/publish", json={"data": payload, "event": "note"})
