@@ -115,7 +115,7 @@ class Delivery(RuleBasedStateMachine):
         follower = self.followers[who]
         if follower.scope is not None:
             return
-        client = Client(pace=0.001)
+        client = Client()
         if with_id and follower.epochs:
             last_event_id = follower.last_event_id() or None
             follower.epochs[-1].append(client)
@@ -159,9 +159,11 @@ class Delivery(RuleBasedStateMachine):
                     if kind == "reset":
                         reset = True
                         continue
-                    assert kind == "noted" and number is not None
+                    assert kind == "noted"
+                    assert number is not None
                     if previous is None and not reset:
-                        assert expected and number == expected[0], "missed the first events"
+                        assert expected, "an event nobody published"
+                        assert number == expected[0], "missed the first events"
                     elif previous is not None and not reset:
                         following = expected[expected.index(previous) + 1]
                         assert number == following, f"gap or repeat after {previous}: {number}"
@@ -203,7 +205,8 @@ class Delivery(RuleBasedStateMachine):
 
     async def _cut(self, follower: Follower) -> None:
         client = follower.session
-        assert client is not None and client.connection is not None
+        assert client is not None
+        assert client.connection is not None
         client.connection.abort("client disconnected")
         await client.finished.wait()
         follower.scope = follower.session = None

@@ -57,7 +57,7 @@ async def test_a_client_cut_before_its_first_event_resumes_with_the_event_it_mis
 
 
 async def test_the_position_at_connect_dispatches_no_event() -> None:
-    async with running() as (bus, broadcaster, tasks):
+    async with running() as (_bus, broadcaster, tasks):
         client = await join(tasks, broadcaster, retry=2000)
         await wait_until(lambda: bool(client.writes))
         assert client.events() == []
@@ -99,7 +99,8 @@ async def test_no_id_a_tenant_receives_is_one_another_tenant_receives() -> None:
         )
         await wait_until(lambda: any(e.type == "reset" for e in a_reset.events()))
         seen_by_a = a.ids() | a_reset.ids()
-        assert seen_by_a and b.ids()
+        assert seen_by_a
+        assert b.ids()
         assert not seen_by_a & b.ids()
 
 
@@ -111,7 +112,8 @@ async def test_event_pings_carry_no_id() -> None:
         ids_before_pings = client.ids()
         assert all(e.last_event_id in ids_before_pings for e in client.events())
         pings = [block for block in client.stream.split(b"\n\n") if b"event: ping" in block]
-        assert pings and all(b"id:" not in block for block in pings)
+        assert pings
+        assert all(b"id:" not in block for block in pings)
 
 
 async def test_an_id_of_another_tenant_gets_a_reset_never_that_tenants_events() -> None:

@@ -1,19 +1,19 @@
-"""RedisEventBus against a real Redis (``REDIS_URL``, default redis://127.0.0.1:6379/0).
+"""Broadcasters on ``RedisEventBus`` instances against a real Redis (``REDIS_URL``, default
+redis://127.0.0.1:6379/0): same events, same order and same opaque ids on every instance;
+a client resumes on any instance; gaps and resets reach the clients.
 
 Skipped when Redis is unreachable, unless ``SSEBUS_REQUIRE_REDIS=1`` (then they fail).
-The restart tests start private ``redis-server`` processes on free ports.
+The restart tests start private ``redis-server`` processes on free ports (the helpers are
+shared with ``test_redis_bus.py``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
-import socket
-import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,23 +22,37 @@ from typing import Any
 import anyio
 import coredis
 import pytest
-from anyio.abc import Process, TaskStatus
+from anyio.abc import Process
 from anyio.streams.text import TextReceiveStream
+from clients import Client, join, leave
 from redis_support import REDIS_URL, reachable
+from tenants import Noted, noted_events
+from test_redis_bus import (
+    RedisServer,
+    eventually,
+    free_port,
+    publish_when_back,
+    raw_client,
+    redis_server_fixture,  # noqa: F401 - the redis_server fixture
+)
 
 from ssebus import (
     Broadcaster,
     BusUnavailableError,
     ConfigurationError,
     EventMap,
-    ReplayableEventBus,
-    delivery_id,
+    Subscription,
+    delivery_position,
 )
+from ssebus._position import PositionCodec
 from ssebus.redis import Mode, RedisEventBus
-from ssebus.testing import ParsedEvent, parse_events
 
 HERE = Path(__file__).parent
 MODES: list[Mode] = ["pubsub", "streams"]
+#: Every bus name here starts with it, so leftovers of earlier runs can be found.
+PREFIX = "ssebus-test-redis-"
+#: Seconds a bus's keys must all have been untouched before a later run deletes them.
+LEFTOVER_IDLE = 3600
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("need_redis")]
 
@@ -91,27 +105,49 @@ def order_shipped(event: OrderShipped) -> dict[str, Any]:
 # -- helpers -----------------------------------------------------------------------------
 
 
-_names: list[str] = []
+_swept = False
 
 
-def unique() -> str:
-    """A fresh channel and stream name; the stream is deleted after this module's tests."""
-    name = f"ssebus-test-{uuid.uuid4().hex}"
-    _names.append(name)
-    return name
+async def delete_bus(redis: coredis.Redis[str], name: str) -> None:
+    """Delete every key of the bus ``name`` (all under its hash tag)."""
+    keys = [key async for key in redis.scan_iter(match=f"{{{name}}}:*")]
+    if keys:
+        await redis.delete(keys)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _delete_streams() -> Iterator[None]:
-    yield
-    if _names and reachable(REDIS_URL):
+async def sweep_leftovers(redis: coredis.Redis[str]) -> None:
+    """Delete the buses earlier runs left behind: a name of ours whose keys all went
+    untouched for ``LEFTOVER_IDLE`` seconds (a running test touches some every second)."""
+    idle: dict[str, int] = {}
+    async for key in redis.scan_iter(match=f"{{{PREFIX}*}}:*"):
+        tag = key[: key.find("}") + 1]
+        seconds = await redis.object_idletime(key)
+        idle[tag] = min(idle.get(tag, seconds), seconds)
+    for tag, seconds in idle.items():
+        if seconds > LEFTOVER_IDLE:
+            await delete_bus(redis, tag[1:-1])
 
-        async def delete() -> None:
+
+@pytest.fixture
+async def names() -> AsyncIterator[Callable[[], str]]:
+    """Fresh bus names on ``REDIS_URL``; every key of theirs is deleted afterwards."""
+    global _swept
+    made: list[str] = []
+    if not _swept and reachable(REDIS_URL):
+        _swept = True
+        async with raw_client() as redis:
+            await sweep_leftovers(redis)
+
+    def new() -> str:
+        made.append(f"{PREFIX}{uuid.uuid4().hex}")
+        return made[-1]
+
+    yield new
+    with anyio.CancelScope(shield=True):
+        if made and reachable(REDIS_URL):
             async with raw_client() as redis:
-                await redis.delete(_names)
-
-        anyio.run(delete)
-        _names.clear()
+                for name in made:
+                    await delete_bus(redis, name)
 
 
 def make_bus(mode: Mode, name: str, url: str = REDIS_URL, **options: Any) -> RedisEventBus:
@@ -122,69 +158,47 @@ def make_bus(mode: Mode, name: str, url: str = REDIS_URL, **options: Any) -> Red
     bus.register(
         Money, name="money", encode=lambda m: {"cents": m.cents}, decode=lambda f: Money(f["cents"])
     )
+    bus.register(Noted)
     return bus
 
 
-def collect(bus: RedisEventBus, event_type: type[Any] = object) -> list[tuple[Any, str | None]]:
-    got: list[tuple[Any, str | None]] = []
+def collect(bus: RedisEventBus, event_type: type[Any] = object) -> list[tuple[Any, int | None]]:
+    """Every event of ``event_type`` the bus delivers here, with its position."""
+    got: list[tuple[Any, int | None]] = []
 
     async def handler(event: Any) -> None:
-        got.append((event, delivery_id()))
+        got.append((event, delivery_position()))
 
     bus.subscribe(event_type, handler)
     return got
 
 
-async def eventually(condition: Callable[[], bool], within: float = 5.0) -> None:
-    with anyio.fail_after(within):
-        while not condition():  # noqa: ASYNC110 - polling test state
-            await anyio.sleep(0.01)
+def ids_of(bus: RedisEventBus, ticks: range, view: str | None = None) -> list[str]:
+    """The SSE ids every instance of ``bus`` gives a client of ``view`` for ``ticks``."""
+    codec = PositionCodec(bus.position_secret())
+    return [codec.token(view, tick) for tick in ticks]
 
 
-@asynccontextmanager
-async def raw_client(url: str = REDIS_URL) -> AsyncIterator[coredis.Redis[str]]:
-    async with coredis.Redis.from_url(url, decode_responses=True) as client:
-        yield client
+async def feed_ticks(name: str) -> list[int]:
+    """The ticks of the entries in the bus's feed stream."""
+    async with raw_client() as redis:
+        entries = await redis.xrange(f"{{{name}}}:feed")
+    return [int(str(entry.identifier).split("-")[0]) for entry in entries]
 
 
-class Client:
-    """A stream's bytes, as an SSE client would receive them."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    async def write(self, chunk: bytes) -> None:
-        self.data += chunk
-
-    def events(self) -> list[ParsedEvent]:
-        return parse_events(bytes(self.data))
-
-
-async def stream_into(
-    broadcaster: Broadcaster,
-    client: Client,
-    last_event_id: str | None = None,
-    *,
-    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    async with broadcaster.connect(last_event_id=last_event_id) as connection:
-        task_status.started()
-        await connection.run(client.write)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def payloads(client: Client) -> list[tuple[str, Any]]:
+    """(type, data) of every event the client received."""
+    return [(event.type, json.loads(event.data)) for event in client.events()]
 
 
 # -- delivery between instances ----------------------------------------------------------
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_event_published_on_one_instance_reaches_another(mode: Mode) -> None:
-    name = unique()
+async def test_event_published_on_one_instance_reaches_another(
+    mode: Mode, names: Callable[[], str]
+) -> None:
+    name = names()
     with anyio.fail_after(15):
         async with make_bus(mode, name) as a, make_bus(mode, name) as b:
             got = collect(b)
@@ -192,20 +206,16 @@ async def test_event_published_on_one_instance_reaches_another(mode: Mode) -> No
             await a.publish(Money(999))
             await a.publish(OrderShipped("o-1"))
             await eventually(lambda: len(got) == 3)
+            assert b.latest_position() == 3
     assert [event for event, _ in got] == [OrderPlaced("o-1", 250), Money(999), OrderShipped("o-1")]
-    ids = [entry_id for _, entry_id in got]
-    if mode == "streams":
-        assert all(entry_id is not None for entry_id in ids)
-        assert ids == sorted(ids, key=lambda i: tuple(map(int, str(i).split("-"))))
-        assert isinstance(b, ReplayableEventBus)
-        assert b.latest_id() == ids[-1]
-    else:
-        assert ids == [None, None, None]
+    assert [position for _, position in got] == [1, 2, 3]
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_subscriber_only_gets_its_type_and_unsubscribe_works(mode: Mode) -> None:
-    name = unique()
+async def test_subscriber_only_gets_its_type_and_unsubscribe_works(
+    mode: Mode, names: Callable[[], str]
+) -> None:
+    name = names()
     with anyio.fail_after(15):
         async with make_bus(mode, name) as a, make_bus(mode, name) as b:
             shipped = collect(b, OrderShipped)
@@ -225,85 +235,87 @@ async def test_subscriber_only_gets_its_type_and_unsubscribe_works(mode: Mode) -
     assert everything == [OrderPlaced("o-1", 1), OrderShipped("o-1")]
 
 
-async def test_streams_broadcasters_on_two_instances_send_identical_frames() -> None:
-    name = unique()
-    client_a, client_b = Client(), Client()
+@pytest.mark.parametrize("mode", MODES)
+async def test_broadcasters_on_two_instances_send_identical_frames(
+    mode: Mode, names: Callable[[], str]
+) -> None:
+    name = names()
     with anyio.fail_after(15):
         async with (
-            make_bus("streams", name) as bus_a,
-            make_bus("streams", name) as bus_b,
+            make_bus(mode, name) as bus_a,
+            make_bus(mode, name) as bus_b,
             Broadcaster(bus_a, events, heartbeat=None) as broadcaster_a,
             Broadcaster(bus_b, events, heartbeat=None) as broadcaster_b,
             anyio.create_task_group() as tasks,
         ):
-            await tasks.start(stream_into, broadcaster_a, client_a)
-            await tasks.start(stream_into, broadcaster_b, client_b)
+            client_a = await join(tasks, broadcaster_a)
+            client_b = await join(tasks, broadcaster_b)
             for n in range(5):
                 await bus_a.publish(OrderPlaced(f"o-{n}", n))
             await bus_b.publish(OrderShipped("o-0"))
             await eventually(lambda: len(client_a.events()) == 6 and len(client_b.events()) == 6)
             tasks.cancel_scope.cancel()
-    async with raw_client() as redis:
-        entries = await redis.xrange(name)
-        await redis.delete([name])
-    assert client_a.data == client_b.data
+    assert client_a.stream == client_b.stream
     received = client_a.events()
-    assert [e.last_event_id for e in received] == [str(entry.identifier) for entry in entries]
+    if mode == "streams":
+        assert await feed_ticks(name) == list(range(1, 7))
+    assert [e.last_event_id for e in received] == ids_of(bus_a, range(1, 7))
     assert [e.type for e in received] == ["order-placed"] * 5 + ["order-shipped"]
     assert json.loads(received[2].data) == {"orderId": "o-2", "total": 2}
 
 
-async def test_streams_client_resumes_on_another_instance_with_exactly_the_missed_events() -> None:
-    name = unique()
-    client_a = Client()
+async def test_streams_client_resumes_on_another_instance_with_exactly_the_missed_events(
+    names: Callable[[], str],
+) -> None:
+    name = names()
     with anyio.fail_after(15):
         async with (
             make_bus("streams", name) as bus_a,
             Broadcaster(bus_a, events, heartbeat=None) as broadcaster_a,
             anyio.create_task_group() as tasks,
         ):
-            await tasks.start(stream_into, broadcaster_a, client_a)
+            client_a = await join(tasks, broadcaster_a)
             for n in range(5):
                 await bus_a.publish(OrderPlaced(f"o-{n}", n))
             await eventually(lambda: len(client_a.events()) == 5)
             seen = client_a.events()
             # The client saw two events on A, then reconnects to a new instance B, whose
-            # own history does not go back that far: B replays from the Redis stream.
+            # own history does not go back that far: B replays from Redis.
             last_seen = seen[1].last_event_id
             async with (
                 make_bus("streams", name) as bus_b,
                 Broadcaster(bus_b, events, heartbeat=None) as broadcaster_b,
             ):
-                assert await broadcaster_b.history.since(last_seen) is None
-                client_b = Client()
-                async with broadcaster_b.connect(last_event_id=last_seen) as connection:
-                    await bus_a.publish(OrderShipped("o-0"))
-                    with anyio.move_on_after(1.0):
-                        await connection.run(client_b.write)
-            tasks.cancel_scope.cancel()
+                assert PositionCodec(bus_b.position_secret()).tick([None], last_seen) == 2
+                assert await broadcaster_b.history.since([None], 2, 100) is None
+                client_b = await join(tasks, broadcaster_b, last_event_id=last_seen)
+                await bus_a.publish(OrderShipped("o-0"))
+                await eventually(lambda: len(client_b.events()) == 4)
+                newest = broadcaster_b.position_id()
+                await anyio.sleep(0.2)  # nothing else arrives
+                tasks.cancel_scope.cancel()
     resumed = client_b.events()
-    assert [e.last_event_id for e in resumed] == [
-        *(e.last_event_id for e in seen[2:]),
-        bus_a.latest_id(),
-    ]
+    assert [e.last_event_id for e in resumed] == [*(e.last_event_id for e in seen[2:]), newest]
+    assert newest == ids_of(bus_a, range(6, 7))[0]
     assert [e.data for e in resumed[:3]] == [e.data for e in seen[2:]]
     assert resumed[-1].type == "order-shipped"
-    async with raw_client() as redis:
-        await redis.delete([name])
+    assert broadcaster_b.metrics().resets == 0
 
 
-async def test_streams_resume_on_an_instance_whose_reader_lags_sends_nothing_twice() -> None:
-    """B's reader is held at entry 2 while entries 3-5 are already in Redis. A client
-    resuming on B after entry 4 is replayed entry 5 from Redis; when B's reader catches
-    up, entries 3-5 arrive live and must not reach that client again."""
-    name = unique()
+async def test_streams_resume_on_an_instance_whose_reader_lags_sends_nothing_twice(
+    names: Callable[[], str],
+) -> None:
+    """B's reader is held at tick 2 while ticks 3-5 are already in Redis. A client
+    resuming on B after tick 4 is replayed tick 5 from Redis; when B's reader catches
+    up, ticks 3-5 arrive live and must not reach that client again."""
+    name = names()
     gate = anyio.Event()
-    client = Client()
     with anyio.fail_after(15):
         async with (
             make_bus("streams", name) as bus_a,
             make_bus("streams", name) as bus_b,
             Broadcaster(bus_b, events, heartbeat=None) as broadcaster_b,
+            anyio.create_task_group() as tasks,
         ):
 
             async def hold_at_second_order(event: OrderPlaced) -> None:
@@ -314,50 +326,48 @@ async def test_streams_resume_on_an_instance_whose_reader_lags_sends_nothing_twi
             for n in range(1, 6):
                 await bus_a.publish(OrderPlaced(f"o-{n}", n))
             await eventually(lambda: broadcaster_b.metrics().events_published == 2)
-            async with raw_client() as redis:
-                ids = [str(entry.identifier) for entry in await redis.xrange(name, "-", "+")]
-            async with broadcaster_b.connect(last_event_id=ids[3]) as connection:
-                gate.set()
-                await eventually(lambda: bus_b.latest_id() == ids[4])
-                await bus_a.publish(OrderShipped("o-1"))
-                with anyio.move_on_after(0.5):
-                    await connection.run(client.write)
+            ids = ids_of(bus_a, range(1, 6))
+            client = await join(tasks, broadcaster_b, last_event_id=ids[3])
+            await eventually(lambda: len(client.events()) == 1)  # replayed while B lags
+            assert bus_b.latest_position() == 2
+            gate.set()
+            await eventually(lambda: bus_b.latest_position() == 5)
+            await bus_a.publish(OrderShipped("o-1"))
+            await eventually(lambda: len(client.events()) >= 2)
+            await anyio.sleep(0.2)  # nothing else arrives
+            tasks.cancel_scope.cancel()
     received = client.events()
     assert [e.type for e in received] == ["order-placed", "order-shipped"]
     assert received[0].last_event_id == ids[4]
     assert json.loads(received[0].data) == {"orderId": "o-5", "total": 5}
-    async with raw_client() as redis:
-        await redis.delete([name])
 
 
-async def test_streams_replay_edge_cases() -> None:
-    name = unique()
+async def test_streams_replay_edge_cases(names: Callable[[], str]) -> None:
+    name = names()
     with anyio.fail_after(15):
         async with make_bus("streams", name) as bus:
-            assert bus.latest_id() == "0-0"
-            assert await bus.replay("0-0") == []
-            assert await bus.replay("not-an-id") is None
-            assert await bus.replay("5") is None
+            assert bus.latest_position() == 0
+            assert await bus.replay([None], 0, 100) == []
+            assert await bus.replay([None], -1, 100) is None
+            assert await bus.replay([None], 5, 100) is None
             got = collect(bus)
             for n in range(3):
                 await bus.publish(OrderPlaced(f"o-{n}", n))
             await eventually(lambda: len(got) == 3)
-            ids = [str(entry_id) for _, entry_id in got]
-            assert bus.latest_id() == ids[-1]
-            assert await bus.replay(ids[-1]) == []
-            assert await bus.replay(ids[0]) == [
-                (ids[1], OrderPlaced("o-1", 1)),
-                (ids[2], OrderPlaced("o-2", 2)),
+            assert bus.latest_position() == 3
+            assert await bus.replay([None], 3, 100) == []
+            assert await bus.replay([None], 1, 100) == [
+                (2, OrderPlaced("o-1", 1)),
+                (3, OrderPlaced("o-2", 2)),
             ]
-            assert await bus.replay("0-0") == [(i, e) for e, i in got]
-            newest_ms = int(str(ids[-1]).split("-")[0])
-            assert await bus.replay(f"{newest_ms + 60_000}-0") is None  # from the future
-        async with raw_client() as redis:
-            await redis.delete([name])
+            assert await bus.replay([None], 0, 100) == [(p, e) for e, p in got]
+            assert await bus.replay([None], 3 + 60_000, 100) is None  # from the future
 
 
-async def test_streams_id_older_than_the_trimmed_stream_gets_a_reset() -> None:
-    name = unique()
+async def test_streams_id_older_than_the_trimmed_stream_gets_a_reset(
+    names: Callable[[], str],
+) -> None:
+    name = names()
     with anyio.fail_after(20):
         async with make_bus("streams", name, maxlen=10) as bus:
             got = collect(bus)
@@ -365,21 +375,23 @@ async def test_streams_id_older_than_the_trimmed_stream_gets_a_reset() -> None:
                 await bus.publish(OrderPlaced(f"o-{n}", n))
             await eventually(lambda: len(got) == 250)
             async with raw_client() as redis:
-                assert await redis.xlen(name) < 250
-            first_id = str(got[0][1])
-            assert await bus.replay(first_id) is None
-            assert await bus.replay("0-0") is None
-            async with Broadcaster(bus, events, heartbeat=None) as broadcaster:
-                client = Client()
-                async with broadcaster.connect(last_event_id=first_id) as connection:
-                    with anyio.move_on_after(0.5):
-                        await connection.run(client.write)
-        async with raw_client() as redis:
-            await redis.delete([name])
+                assert await redis.xlen(f"{{{name}}}:global") < 250
+            assert await bus.replay([None], 1, 100) is None
+            assert await bus.replay([None], 0, 100) is None
+            async with (
+                Broadcaster(bus, events, heartbeat=None) as broadcaster,
+                anyio.create_task_group() as tasks,
+            ):
+                first_id = ids_of(bus, range(1, 2))[0]
+                client = await join(tasks, broadcaster, last_event_id=first_id)
+                await eventually(lambda: len(client.events()) == 1)
+                newest = broadcaster.position_id()
+                await anyio.sleep(0.2)  # nothing else arrives
+                tasks.cancel_scope.cancel()
     (reset,) = client.events()
     assert reset.type == "reset"
     assert json.loads(reset.data) == {"lastEventId": first_id, "reason": "not-in-history"}
-    assert reset.last_event_id == got[-1][1]
+    assert reset.last_event_id == newest == ids_of(bus, range(250, 251))[0]
 
 
 # -- bad input ---------------------------------------------------------------------------
@@ -387,51 +399,54 @@ async def test_streams_id_older_than_the_trimmed_stream_gets_a_reset() -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_unknown_and_malformed_messages_are_skipped(
-    mode: Mode, caplog: pytest.LogCaptureFixture
+    mode: Mode, names: Callable[[], str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    name = unique()
+    name = names()
     caplog.set_level(logging.WARNING, logger="ssebus.redis")
     with anyio.fail_after(15):
         async with make_bus(mode, name) as bus, raw_client() as redis:
             got = collect(bus)
             if mode == "pubsub":
-                for body in [
-                    "not json",
-                    "[1, 2]",
-                    json.dumps({"type": "os.system", "data": {"command": "rm -rf /"}}),
-                    json.dumps({"type": "OrderPlaced", "data": {"unexpected": 1}}),
-                    json.dumps({"type": "OrderPlaced", "data": "text"}),
-                    json.dumps({"data": {}}),
-                ]:
+                for body in ["not json", "[1, 2]", json.dumps({"type": "OrderPlaced"})]:
                     await redis.publish(name, body)
+                numbered: list[dict[str, Any]] = [  # well numbered, badly typed
+                    {"type": "os.system", "data": {"command": "rm -rf /"}},
+                    {"type": "OrderPlaced", "data": {"unexpected": 1}},
+                    {"type": "OrderPlaced", "data": "text"},
+                    {"data": {}},
+                ]
+                for fields in numbered:
+                    seq = await redis.incr(f"{{{name}}}:seq")
+                    await redis.publish(name, json.dumps({**fields, "seq": seq}))
             else:
-                for fields in [
+                for entry in [  # at the next ticks, in the feed and the retention stream
                     {"type": "OrderPlaced", "data": "not json"},
                     {"type": "os.system", "data": json.dumps({"command": "rm -rf /"})},
                     {"type": "OrderPlaced", "data": json.dumps({"unexpected": 1})},
                     {"type": "OrderPlaced", "data": "[1]"},
                     {"other": "field"},
                 ]:
-                    await redis.xadd(name, fields)
+                    tick = await redis.incr(f"{{{name}}}:tick")
+                    for stream in ("feed", "global"):
+                        await redis.xadd(f"{{{name}}}:{stream}", entry, identifier=f"{tick}-0")
             await bus.publish(OrderPlaced("o-1", 5))
             await eventually(lambda: len(got) == 1)
             if mode == "streams":
-                entries = await redis.xrange(name)
-                assert len(await bus.replay("0-0") or []) == 1
-                await redis.delete([name])
-    assert got[0][0] == OrderPlaced("o-1", 5)
+                assert await bus.replay([None], 0, 100) == [(6, OrderPlaced("o-1", 5))]
+    assert got == [(OrderPlaced("o-1", 5), 5 if mode == "pubsub" else 6)]
     skipped = [r for r in caplog.records if r.name == "ssebus.redis" and "skipped" in r.message]
-    assert len(skipped) >= (6 if mode == "pubsub" else 5)
+    assert len(skipped) >= (7 if mode == "pubsub" else 5)
+    assert name in skipped[0].message
     if mode == "streams":
-        assert str(entries[0].identifier) in skipped[0].message
-        assert name in skipped[0].message
-    else:
-        assert name in skipped[0].message
+        assert "tick 1" in skipped[0].message
+    assert not any("lost" in r.message for r in caplog.records)  # no gap: all were numbered
 
 
-async def test_publishing_an_unregistered_type_raises_configuration_error() -> None:
+async def test_publishing_an_unregistered_type_raises_configuration_error(
+    names: Callable[[], str],
+) -> None:
     with anyio.fail_after(10):
-        async with make_bus("streams", unique()) as bus:
+        async with make_bus("streams", names()) as bus:
             with pytest.raises(ConfigurationError, match="NotRegistered"):
                 await bus.publish(NotRegistered(1))
 
@@ -463,76 +478,19 @@ def test_importing_without_coredis_says_what_to_install(monkeypatch: pytest.Monk
 async def test_publish_with_redis_unreachable_raises_bus_unavailable(mode: Mode) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
     with anyio.fail_after(10):
-        async with make_bus(mode, unique(), url, startup_timeout=0.2, publish_timeout=2) as bus:
+        async with make_bus(
+            mode, PREFIX + "nowhere", url, startup_timeout=0.2, publish_timeout=2
+        ) as bus:
             with pytest.raises(BusUnavailableError, match="cannot publish OrderPlaced"):
                 await bus.publish(OrderPlaced("o-1", 1))
-            if mode == "streams":
-                assert await bus.replay("1-0") is None  # the client gets a reset
-
-
-class RedisServer:
-    """A private redis-server on a free port, that can be stopped and started again."""
-
-    def __init__(self, directory: Path, *, persistent: bool) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.directory = directory
-        self.persistent = persistent
-        self.process: Process | None = None
-
-    async def start(self) -> None:
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
-        command += ["--save", "", "--dir", str(self.directory)]
-        command += ["--appendonly", "yes" if self.persistent else "no"]
-        self.process = await anyio.open_process(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        with anyio.fail_after(10):
-            while not reachable(self.url):  # noqa: ASYNC110 - polling a port
-                await anyio.sleep(0.05)
-
-    async def stop(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.terminate()  # SIGTERM: with AOF on, the stream survives the restart
-            with anyio.fail_after(10):
-                await self.process.wait()
-        self.process = None
-
-
-@pytest.fixture
-async def redis_server(tmp_path: Path) -> AsyncIterator[Callable[[bool], Awaitable[RedisServer]]]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not on PATH")
-    servers: list[RedisServer] = []
-
-    async def start(persistent: bool) -> RedisServer:
-        server = RedisServer(tmp_path, persistent=persistent)
-        servers.append(server)
-        await server.start()
-        return server
-
-    yield start
-    with anyio.CancelScope(shield=True):
-        for server in servers:
-            await server.stop()
-
-
-async def publish_when_back(bus: RedisEventBus, event: object) -> None:
-    with anyio.fail_after(10):
-        while True:
-            try:
-                await bus.publish(event)
-            except BusUnavailableError:
-                await anyio.sleep(0.05)
-            else:
-                return
+            assert await bus.replay([None], 1, 100) is None  # the client gets a reset
 
 
 async def test_streams_listener_survives_a_redis_restart_without_loss_or_duplicates(
     redis_server: Callable[[bool], Awaitable[RedisServer]],
 ) -> None:
     server = await redis_server(True)
-    name = unique()
+    name = PREFIX + "survives"
     with anyio.fail_after(30):
         async with (
             make_bus("streams", name, server.url, publish_timeout=1) as publisher,
@@ -552,16 +510,16 @@ async def test_streams_listener_survives_a_redis_restart_without_loss_or_duplica
             await eventually(lambda: len(got) == 6, within=10)
             await anyio.sleep(0.2)  # nothing else arrives
     assert [event for event, _ in got] == [OrderPlaced(f"o-{n}", n) for n in range(6)]
-    ids = [tuple(map(int, str(entry_id).split("-"))) for _, entry_id in got]
-    assert ids == sorted(set(ids))
+    assert [position for _, position in got] == [1, 2, 3, 4, 5, 6]
     assert listener.reconnects >= 1
+    assert listener.gaps == 0  # the log survived (AOF): same epoch, no reset
 
 
 async def test_pubsub_listener_resubscribes_after_a_redis_restart_and_counts_the_gap(
     redis_server: Callable[[bool], Awaitable[RedisServer]],
 ) -> None:
     server = await redis_server(False)
-    name = unique()
+    name = PREFIX + "resubscribes"
     with anyio.fail_after(30):
         async with (
             make_bus("pubsub", name, server.url, publish_timeout=1) as publisher,
@@ -579,6 +537,98 @@ async def test_pubsub_listener_resubscribes_after_a_redis_restart_and_counts_the
             await eventually(lambda: len(got) == 2, within=10)
     assert [event for event, _ in got] == [OrderPlaced("before", 0), OrderPlaced("after", 1)]
     assert listener.gaps == 1
+
+
+# -- what clients are told (findings 2 and 4, end to end) --------------------------------
+
+
+@pytest.mark.parametrize("persistent", [True, False], ids=["aof", "no-persistence"])
+async def test_events_lost_while_the_pubsub_listener_was_away_reset_every_client(
+    persistent: bool, redis_server: Callable[[bool], Awaitable[RedisServer]]
+) -> None:
+    """Redis restarts while the listener backs off; another instance publishes N events
+    meanwhile. Every client of the listener's broadcaster, whatever its tenant, is told
+    (``reset``, events-lost), the N are counted, and later events flow again."""
+    server = await redis_server(persistent)
+    name = PREFIX + "lost"
+    missed = 6
+    audiences = [None, "acme", "globex"]
+    with anyio.fail_after(30):
+        async with (
+            make_bus("pubsub", name, server.url, publish_timeout=1) as publisher,
+            make_bus("pubsub", name, server.url, reconnect_backoff=(2, 2)) as listener,
+            Broadcaster(listener, noted_events(), heartbeat=None) as broadcaster,
+            anyio.create_task_group() as tasks,
+        ):
+            clients = [
+                await join(tasks, broadcaster, subscription=Subscription(tenant=tenant))
+                for tenant in audiences
+            ]
+            await publisher.publish(Noted(0))
+            await eventually(lambda: all(len(c.events()) == 1 for c in clients))
+            await server.stop()
+            await server.start()
+            for n in range(1, missed + 1):
+                await publish_when_back(publisher, Noted(n, audiences[n % 3]))
+            assert broadcaster.metrics().gaps == 0  # the listener is still backing off
+            await eventually(lambda: broadcaster.metrics().gaps == 1, within=10)
+            await publisher.publish(Noted(99))
+            await eventually(lambda: all(len(c.events()) == 3 for c in clients))
+            await anyio.sleep(0.2)  # nothing else arrives
+            tasks.cancel_scope.cancel()
+    metrics = broadcaster.metrics()
+    assert metrics.events_lost == missed
+    assert metrics.resets == len(clients)
+    for client in clients:
+        first, reset, after = client.events()
+        assert json.loads(first.data)["n"] == 0
+        assert reset.type == "reset"
+        assert json.loads(reset.data) == {"lastEventId": "", "reason": "events-lost"}
+        assert after.type == "noted"
+        assert json.loads(after.data)["n"] == 99
+
+
+async def test_a_tenants_burst_never_costs_another_tenants_client_its_resume(
+    names: Callable[[], str],
+) -> None:
+    """Tenant A publishes five times ``maxlen``; a tenant-B client that missed 2 events
+    resumes on a second instance (whose own history has none of them) and gets exactly
+    those 2 from Redis, no reset."""
+    name = names()
+    maxlen = 100
+    b_only = Subscription(tenant="B")
+    with anyio.fail_after(30):
+        async with (
+            make_bus("streams", name, maxlen=maxlen) as bus_1,
+            Broadcaster(bus_1, noted_events(), heartbeat=None) as broadcaster_1,
+            anyio.create_task_group() as tasks,
+        ):
+            before = await join(tasks, broadcaster_1, subscription=b_only)
+            await bus_1.publish(Noted(0, "B"))
+            await eventually(lambda: len(before.events()) == 1)
+            await leave(before)
+            await bus_1.publish(Noted(1, "B"))
+            for n in range(maxlen * 5):
+                if n == maxlen * 2:
+                    await bus_1.publish(Noted(2, "B"))
+                await bus_1.publish(Noted(1000 + n, "A"))
+            async with raw_client() as redis:
+                assert await redis.xlen(f"{{{name}}}:tenant:A") < maxlen * 5  # A trimmed A
+            async with (
+                make_bus("streams", name, maxlen=maxlen) as bus_2,
+                Broadcaster(bus_2, noted_events(), heartbeat=None) as broadcaster_2,
+            ):
+                after = await join(
+                    tasks, broadcaster_2, last_event_id=before.last_event_id(), subscription=b_only
+                )
+                await eventually(lambda: len(after.events()) == 2)
+                await bus_1.publish(Noted(3, "B"))
+                await eventually(lambda: len(after.events()) == 3)
+                await anyio.sleep(0.2)  # nothing else arrives
+                tasks.cancel_scope.cancel()
+    assert [data["n"] for _, data in payloads(after)] == [1, 2, 3]
+    assert {kind for kind, _ in payloads(after)} == {"noted"}
+    assert broadcaster_2.metrics().resets == 0
 
 
 # -- two processes -----------------------------------------------------------------------
@@ -599,11 +649,19 @@ class Instance:
         line, self._buffer = self._buffer.split("\n", 1)
         return line
 
+    async def events(self, count: int) -> list[dict[str, Any]]:
+        """The next ``count`` SSE events its client received."""
+        return [json.loads(await self.readline()) for _ in range(count)]
+
 
 @asynccontextmanager
-async def instance(name: str, mode: Mode) -> AsyncIterator[Instance]:
-    script = str(HERE / "redis_instance.py")
-    process = await anyio.open_process([sys.executable, script, REDIS_URL, name, mode])
+async def instance(
+    name: str, mode: Mode, last_event_id: str | None = None
+) -> AsyncIterator[Instance]:
+    command = [sys.executable, str(HERE / "redis_instance.py"), REDIS_URL, name, mode]
+    if last_event_id is not None:
+        command.append(last_event_id)
+    process = await anyio.open_process(command)
     try:
         running = Instance(process)
         with anyio.fail_after(15):
@@ -622,8 +680,10 @@ async def instance(name: str, mode: Mode) -> AsyncIterator[Instance]:
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_two_processes_receive_every_event_in_the_same_order(mode: Mode) -> None:
-    name = unique()
+async def test_two_processes_receive_every_event_in_the_same_order_with_the_same_ids(
+    mode: Mode, names: Callable[[], str]
+) -> None:
+    name = names()
     with anyio.fail_after(40):
         async with (
             instance(name, mode) as first,
@@ -632,21 +692,29 @@ async def test_two_processes_receive_every_event_in_the_same_order(mode: Mode) -
         ):
             for n in range(10):
                 await bus.publish(OrderPlaced(f"o-{n}", n))
-            received = [
-                [json.loads(await p.readline()) for _ in range(10)] for p in (first, second)
-            ]
-        if mode == "streams":
-            async with raw_client() as redis:
-                entries = await redis.xrange(name)
-                await redis.delete([name])
-    if mode == "streams":
-        assert received[0] == received[1]
-    else:  # each process numbers its own frames
-        assert [(r["type"], r["data"]) for r in received[0]] == [
-            (r["type"], r["data"]) for r in received[1]
-        ]
+            received = [await p.events(10) for p in (first, second)]
+    assert received[0] == received[1]
     assert [json.loads(line["data"])["orderId"] for line in received[0]] == [
         f"o-{n}" for n in range(10)
     ]
+    assert [line["id"] for line in received[0]] == ids_of(bus, range(1, 11))
     if mode == "streams":
-        assert [line["id"] for line in received[0]] == [str(e.identifier) for e in entries]
+        assert await feed_ticks(name) == list(range(1, 11))
+
+
+async def test_a_client_resumes_in_another_process_with_exactly_what_it_missed(
+    names: Callable[[], str],
+) -> None:
+    name = names()
+    with anyio.fail_after(40):
+        async with instance(name, "streams") as first, make_bus("streams", name) as bus:
+            for n in range(10):
+                await bus.publish(OrderPlaced(f"o-{n}", n))
+            seen = await first.events(10)
+            async with instance(name, "streams", seen[3]["id"]) as second:
+                resumed = await second.events(6)
+                await bus.publish(OrderPlaced("o-10", 10))
+                live = [await p.events(1) for p in (first, second)]
+    assert resumed == seen[4:]
+    assert live[0] == live[1]
+    assert json.loads(live[0][0]["data"])["orderId"] == "o-10"

@@ -145,4 +145,5 @@ async def test_what_a_resuming_client_holds_stays_within_its_bound() -> None:
         for n in range(1_000, 1_200):  # live traffic while its replay is stuck
             await bus.publish(Noted(n))
             assert len(connection.outbox) <= 16
-        assert connection.catching_up and not connection.closed
+        assert connection.catching_up
+        assert not connection.closed

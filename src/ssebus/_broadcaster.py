@@ -322,12 +322,16 @@ class Broadcaster:
         registry = self.registry
         if frame.tick is not None:
             self.history.append(frame)
-            if frame.tenant is None and isinstance(registry, InMemoryClientRegistry):
-                if registry.tenants():
-                    for view, targets in registry.select_views(frame.topics):
-                        self._offer(frame.in_view(view, self._token), targets)
-                    self._published(started)
-                    return
+            if (
+                frame.tenant is None
+                and isinstance(registry, InMemoryClientRegistry)
+                and registry.tenants()
+            ):
+                # A tenant-less frame: each tenant's clients get an id of their own.
+                for view, targets in registry.select_views(frame.topics):
+                    self._offer(frame.in_view(view, self._token), targets)
+                self._published(started)
+                return
         self._offer(frame, registry.select(frame.tenant, frame.topics))
         self._published(started)
 

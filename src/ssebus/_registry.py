@@ -97,9 +97,7 @@ class InMemoryClientRegistry:
         groups: list[tuple[str | None, Sequence[SseConnection]]] = [
             (None, _select(self._tenantless, topics))
         ]
-        groups.extend(
-            (tenant, _select(index, topics)) for tenant, index in self._by_tenant.items()
-        )
+        groups.extend((tenant, _select(index, topics)) for tenant, index in self._by_tenant.items())
         return groups
 
     def get(self, connection_id: str) -> SseConnection | None:
@@ -145,4 +143,3 @@ def _select(index: _Index, topics: Collection[str]) -> Sequence[SseConnection]:
             merged.update(bucket.members)
         topical = tuple(merged.values())
     return topical if everyone is None else everyone.view() + topical
-
