@@ -588,6 +588,38 @@ async def test_events_lost_while_the_pubsub_listener_was_away_reset_every_client
         assert json.loads(after.data)["n"] == 99
 
 
+async def test_an_id_from_before_a_log_reset_gets_a_reset_not_a_resume_in_the_new_log(
+    redis_server: Callable[[bool], Awaitable[RedisServer]],
+) -> None:
+    """Redis restarts empty (no persistence) and the new log's ticks pass the client's old
+    tick: resuming there would skip the new log's first events without a word."""
+    server = await redis_server(False)
+    name = PREFIX + "rekey"
+    with anyio.fail_after(30):
+        async with (
+            make_bus("streams", name, server.url, publish_timeout=1) as publisher,
+            make_bus("streams", name, server.url, reconnect_backoff=(0.2, 0.2)) as listener,
+            Broadcaster(listener, noted_events(), heartbeat=None) as broadcaster,
+            anyio.create_task_group() as tasks,
+        ):
+            client = await join(tasks, broadcaster)
+            await publisher.publish(Noted(0))
+            await publisher.publish(Noted(1))
+            await eventually(lambda: len(client.events()) == 2)
+            await leave(client)
+            old_id = client.last_event_id()
+            await server.stop()
+            await server.start()
+            for n in range(10, 15):  # the new log's ticks 1-5 pass the old tick 2
+                await publish_when_back(publisher, Noted(n))
+            await eventually(lambda: broadcaster.metrics().gaps == 1, within=10)
+            await eventually(lambda: broadcaster.position == 5)
+            back = await join(tasks, broadcaster, last_event_id=old_id)
+            await eventually(lambda: bool(back.events()))
+            tasks.cancel_scope.cancel()
+    assert [e.type for e in back.events()] == ["reset"]
+
+
 async def test_a_tenants_burst_never_costs_another_tenants_client_its_resume(
     names: Callable[[], str],
 ) -> None:

@@ -422,6 +422,28 @@ async def test_a_log_reset_is_reported_even_when_new_publishes_passed_the_reader
     assert listener.gaps == 1
 
 
+async def test_a_log_reset_gives_new_ids_so_an_id_of_the_old_log_means_nothing(
+    redis_server: Callable[[bool], Awaitable[RedisServer]],
+) -> None:
+    """Ticks start again at 1 in a new log: an id minted for tick 2 of the old log must not
+    resume a client at tick 2 of the new one (it would skip what came before, silently)."""
+    server = await redis_server(False)
+    with anyio.fail_after(30):
+        async with (
+            make_bus("streams", "ssebus-test-rekey", server.url, publish_timeout=1) as publisher,
+            make_bus(
+                "streams", "ssebus-test-rekey", server.url, reconnect_backoff=(0.2, 0.2)
+            ) as listener,
+        ):
+            gaps = gaps_of(listener)
+            before = listener.position_secret()
+            await server.stop()
+            await server.start()
+            await publish_when_back(publisher, Placed("t", 1))
+            await eventually(lambda: len(gaps) == 1, within=10)
+            assert listener.position_secret() != before
+
+
 # -- retrying a publish (finding 5) ------------------------------------------------------
 
 

@@ -386,6 +386,10 @@ class Broadcaster:
             self._metrics.events_lost += gap.lost
             self._metrics.emit("events_lost", gap.lost)
         position = gap.position if gap.position is not None else self._latest
+        if isinstance(self.bus, ReplayableEventBus):
+            # After a log reset the ticks start again and the bus has a new key, so that
+            # ids of the old log resume no one in the new one.
+            self._codec = PositionCodec(self.bus.position_secret())
         self._latest = position
         start = getattr(self.history, "start", None)
         if start is not None:

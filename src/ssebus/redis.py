@@ -40,6 +40,7 @@ publishes it at most once in all.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import secrets
@@ -420,10 +421,13 @@ class RedisEventBus(EventBusBase):
         return self._position
 
     def position_secret(self) -> bytes:
-        """The 32 random bytes every instance of this bus shares (raises before it has them)."""
+        """The key of the SSE ids, the same on every instance of this bus (raises before it
+        has one). It is the shared secret bound to the log's epoch: after a log reset the
+        ticks start again, so the ids of the old log must mean nothing in the new one."""
         if self._secret is None:
             raise ClosedError("the Redis event bus has no position secret until it connects")
-        return self._secret
+        epoch = (self._epoch or "").encode()
+        return hashlib.blake2b(epoch, key=self._secret[:64], digest_size=32).digest()
 
     async def publish(self, event: object, *, idempotency_key: str | None = None) -> None:
         """Send ``event`` to Redis (at most once per ``idempotency_key`` within
