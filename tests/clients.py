@@ -2,22 +2,28 @@
 
 A client is ``async with broadcaster.connect(...) as conn: await conn.run(write)`` where
 ``write`` keeps what it is given (or stalls, or raises); what it received is read back
-with ``ssebus.testing`` as a browser would. Not a test module.
+with ``ssebus.testing`` as a browser would. ``running`` is a broadcaster on an in-memory
+bus with a task group for such clients. Not a test module.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import anyio.abc
 
-from ssebus import Broadcaster, SseConnection, Subscription
+from ssebus import Broadcaster, EventMap, IEventBus, InMemoryEventBus, SseConnection, Subscription
 from ssebus.testing import EventStreamParser, ParsedEvent, parse_events
 
 GUARD = 5.0  # seconds; only a guard against hangs, never reached by a passing test
+
+Write = Callable[[bytes], Awaitable[None]]
 
 
 @dataclass(eq=False)
@@ -27,7 +33,10 @@ class Client:
 
     writes: list[bytes] = field(default_factory=list)
     connection: SseConnection | None = None
+    #: The scope its connection's task runs in: cancelling it is the client going away.
+    scope: anyio.CancelScope | None = None
     finished: anyio.Event = field(default_factory=anyio.Event)
+    finished_at: float | None = None  # time.time() when its stream ended
     stall: bool = False
     pace: float = 0.0  # seconds each write takes (a slow network)
 
@@ -40,17 +49,26 @@ class Client:
 
     @property
     def stream(self) -> bytes:
-        return b"".join(self.writes)
+        return b"".join(list(self.writes))  # a copy: another thread may be writing
 
     def events(self) -> list[ParsedEvent]:
         """What an ``EventSource`` would dispatch."""
         return parse_events(self.stream)
 
-    def last_event_id(self) -> str:
-        """The id an ``EventSource`` would send on reconnect, after all it has read."""
+    def frames(self) -> int:
+        """How many blank-line-terminated frames arrived (cheaper than parsing); a fresh
+        stream's first one is its position marker."""
+        return sum(data.count(b"\n\n") for data in self.writes)
+
+    def parser(self) -> EventStreamParser:
+        """A parser that has read the whole stream (for ``retry`` and ``last_event_id``)."""
         parser = EventStreamParser()
         parser.feed(self.stream)
-        return parser.last_event_id
+        return parser
+
+    def last_event_id(self) -> str:
+        """The id an ``EventSource`` would send on reconnect, after all it has read."""
+        return self.parser().last_event_id
 
     def ids(self) -> set[str]:
         """Every id any frame carried (those of events, markers, resets alike)."""
@@ -68,17 +86,23 @@ async def serve(
     subscription: Subscription | None = None,
     retry: int | None = None,
     *,
+    write: Write | None = None,
+    scope: anyio.CancelScope | None = None,
     task_status: anyio.abc.TaskStatus[SseConnection] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """One client's whole life: connect, report the connection, write until the end."""
+    """One client's whole life: connect, report the connection, write (with ``write``, by
+    default the client's own) until the end; inside ``scope`` when given, to cancel it
+    even before it has connected."""
     try:
-        async with broadcaster.connect(
-            last_event_id=last_event_id, subscription=subscription, retry=retry
-        ) as connection:
-            client.connection = connection
-            task_status.started(connection)
-            await connection.run(client.write)
+        with scope or anyio.CancelScope() as client.scope:
+            async with broadcaster.connect(
+                last_event_id=last_event_id, subscription=subscription, retry=retry
+            ) as connection:
+                client.connection = connection
+                task_status.started(connection)
+                await connection.run(write or client.write)
     finally:
+        client.finished_at = time.time()
         client.finished.set()
 
 
@@ -90,11 +114,14 @@ async def join(
     last_event_id: str | None = None,
     subscription: Subscription | None = None,
     retry: int | None = None,
+    write: Write | None = None,
 ) -> Client:
     """Start a client and return once it is registered."""
     client = client or Client()
     await tasks.start(
-        functools.partial(serve, broadcaster, client, last_event_id, subscription, retry)
+        functools.partial(
+            serve, broadcaster, client, last_event_id, subscription, retry, write=write
+        )
     )
     return client
 
@@ -107,8 +134,38 @@ async def leave(client: Client) -> None:
         await client.finished.wait()
 
 
-async def wait_until(condition: Callable[[], bool | Awaitable[bool]]) -> None:
+async def wait_until(condition: Callable[[], bool | Awaitable[bool]], guard: float = GUARD) -> None:
     """Poll ``condition`` (plain data written by client tasks) until it holds."""
-    with anyio.fail_after(GUARD):
+    with anyio.fail_after(guard):
         while not condition():  # noqa: ASYNC110
             await anyio.sleep(0.001)
+
+
+@asynccontextmanager
+async def broadcasting(
+    bus: IEventBus, events: EventMap, **options: Any
+) -> AsyncIterator[tuple[Broadcaster, anyio.abc.TaskGroup]]:
+    """A broadcaster on ``bus`` (no heartbeat unless asked) and a task group for clients.
+
+    The broadcaster is left before the task group: its shutdown writes out every queue and
+    ends every client, so after the block each client's stream is complete.
+    """
+    options.setdefault("heartbeat", None)
+    async with (
+        anyio.create_task_group() as tasks,
+        Broadcaster(bus, events, **options) as broadcaster,
+    ):
+        yield broadcaster, tasks
+
+
+@asynccontextmanager
+async def running(
+    events: EventMap, *, guard: float | None = GUARD, **options: Any
+) -> AsyncIterator[tuple[InMemoryEventBus, Broadcaster, anyio.abc.TaskGroup]]:
+    """``broadcasting`` on a fresh ``InMemoryEventBus``, all within ``guard`` seconds."""
+    with anyio.fail_after(guard):
+        async with (
+            InMemoryEventBus() as bus,
+            broadcasting(bus, events, **options) as (broadcaster, tasks),
+        ):
+            yield bus, broadcaster, tasks

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
+
+from clients import Client
 
 from ssebus import EventMap
 
@@ -31,3 +34,8 @@ def noted_events() -> EventMap:
         topics=lambda e: [e.topic],
     )
     return events
+
+
+def numbers(client: Client) -> list[int]:
+    """The ``n`` of every ``noted`` event the client received, in order."""
+    return [json.loads(e.data)["n"] for e in client.events() if e.type == "noted"]

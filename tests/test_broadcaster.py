@@ -16,15 +16,17 @@ import functools
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
+import domain
 import pytest
+from clients import GUARD, Client, join, running, serve, wait_until
 from domain import DomainEvent, OrderCreatedDomainEvent, OrderStatusChangedDomainEvent
 from encoders import CountingEncoder
 
@@ -37,14 +39,10 @@ from ssebus import (
     InMemoryEventBus,
     InMemoryHistory,
     ServerSentEvent,
-    SseConnection,
 )
-from ssebus.testing import EventStreamParser, ParsedEvent, parse_events
+from ssebus.testing import ParsedEvent, parse_events
 
 pytestmark = pytest.mark.anyio
-
-GUARD = 5.0  # seconds; only a guard against hangs, never reached by a passing test
-
 
 # --- the domain ----------------------------------------------------------------------------
 
@@ -69,16 +67,8 @@ class UnserializableDomainEvent(DomainEvent):
 
 
 def order_events() -> EventMap:
-    events = EventMap()
-    events.add(
-        OrderCreatedDomainEvent,
-        "order-created",
-        lambda e: {"orderId": e.order_id, "status": e.status},
-    )
-
-    @events.on(OrderStatusChangedDomainEvent, "order-status-changed")
-    def changed(e: OrderStatusChangedDomainEvent) -> dict[str, Any]:
-        return {"orderId": e.order_id, "oldStatus": e.old_status, "newStatus": e.new_status}
+    """The order events, and two whose payload fails."""
+    events = domain.order_events()
 
     @events.on(BrokenPayloadDomainEvent, "broken")
     def broken(e: BrokenPayloadDomainEvent) -> dict[str, Any]:
@@ -93,92 +83,6 @@ def created(n: int) -> OrderCreatedDomainEvent:
 
 
 # --- simulated clients ---------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class Client:
-    """A client whose writer appends every write to ``writes``."""
-
-    writes: list[bytes] = field(default_factory=list)
-    connection: SseConnection | None = None
-    finished: anyio.Event = field(default_factory=anyio.Event)
-
-    async def write(self, data: bytes) -> None:
-        self.writes.append(data)
-
-    @property
-    def stream(self) -> bytes:
-        return b"".join(self.writes)
-
-    def events(self) -> list[ParsedEvent]:
-        return parse_events(self.stream)
-
-    def frames(self) -> int:
-        """How many blank-line-terminated frames arrived (cheaper than parsing); a fresh
-        stream's first one is its position marker."""
-        return sum(data.count(b"\n\n") for data in self.writes)
-
-    def parser(self) -> EventStreamParser:
-        """A parser that has read the whole stream (for ``retry`` and ``last_event_id``)."""
-        parser = EventStreamParser()
-        parser.feed(self.stream)
-        return parser
-
-
-async def hang(data: bytes) -> None:
-    await anyio.sleep_forever()
-
-
-async def serve(
-    broadcaster: Broadcaster,
-    client: Client,
-    write: Callable[[bytes], Any] | None = None,
-    last_event_id: str | None = None,
-    retry: int | None = None,
-    *,
-    task_status: anyio.abc.TaskStatus[SseConnection] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    """One client's whole life: connect, report the connection, write until the end."""
-    try:
-        async with broadcaster.connect(last_event_id=last_event_id, retry=retry) as conn:
-            client.connection = conn
-            task_status.started(conn)
-            await conn.run(write or client.write)
-    finally:
-        client.finished.set()
-
-
-async def cancellable_serve(
-    broadcaster: Broadcaster,
-    client: Client,
-    scope: anyio.CancelScope,
-    last_event_id: str | None = None,
-) -> None:
-    """``serve`` inside ``scope``: cancelling it is the client going away."""
-    with scope:
-        await serve(broadcaster, client, last_event_id=last_event_id)
-
-
-async def join(
-    tasks: anyio.abc.TaskGroup,
-    broadcaster: Broadcaster,
-    client: Client | None = None,
-    *,
-    write: Callable[[bytes], Any] | None = None,
-    last_event_id: str | None = None,
-    retry: int | None = None,
-) -> Client:
-    """Start a client and return once it is registered."""
-    client = client or Client()
-    await tasks.start(functools.partial(serve, broadcaster, client, write, last_event_id, retry))
-    return client
-
-
-async def wait_until(condition: Callable[[], bool]) -> None:
-    """Poll ``condition`` (plain data written by client tasks) until it holds."""
-    with anyio.fail_after(GUARD):
-        while not condition():  # noqa: ASYNC110
-            await anyio.sleep(0.001)
 
 
 def have_written(clients: Sequence[Client], writes: int) -> Callable[[], bool]:
@@ -210,22 +114,11 @@ def expected_created(numbers: Sequence[int], ids: Sequence[str]) -> list[tuple[s
     ]
 
 
-@asynccontextmanager
-async def pipeline(
+def pipeline(
     **options: Any,
-) -> AsyncIterator[tuple[InMemoryEventBus, Broadcaster, anyio.abc.TaskGroup]]:
-    """A bus, a running broadcaster (no heartbeat unless asked) and a task group for clients.
-
-    The broadcaster is left before the task group, so its shutdown ends every client.
-    """
-    options.setdefault("heartbeat", None)
-    with anyio.fail_after(GUARD):
-        async with (
-            anyio.create_task_group() as tasks,
-            InMemoryEventBus() as bus,
-            Broadcaster(bus, order_events(), **options) as broadcaster,
-        ):
-            yield bus, broadcaster, tasks
+) -> AbstractAsyncContextManager[tuple[InMemoryEventBus, Broadcaster, anyio.abc.TaskGroup]]:
+    """``running`` with the order events: the broadcaster's shutdown ends every client."""
+    return running(order_events(), **options)
 
 
 async def publish_created(
@@ -501,7 +394,7 @@ async def test_a_client_whose_write_hangs_is_removed_after_write_timeout(
     caplog.set_level(logging.INFO, logger="ssebus")
     async with pipeline(write_timeout=0.05) as (bus, broadcaster, tasks):
         good = [await join(tasks, broadcaster) for _ in range(3)]
-        stuck = await join(tasks, broadcaster, write=hang)
+        stuck = await join(tasks, broadcaster, Client(stall=True))
         assert stuck.connection is not None
         stuck_id = stuck.connection.id
         ids = await publish_created(bus, broadcaster, range(10))
@@ -525,7 +418,7 @@ async def test_a_client_that_stops_draining_is_evicted_and_the_others_are_unaffe
         max_queue=4, write_timeout=None, metrics_hook=lambda n, v: hooked.append((n, v))
     ) as (bus, broadcaster, tasks):
         good = [await join(tasks, broadcaster) for _ in range(3)]
-        slow = await join(tasks, broadcaster, write=hang)
+        slow = await join(tasks, broadcaster, Client(stall=True))
         assert slow.connection is not None
         slow_id = slow.connection.id
         ids: list[str] = []
@@ -572,7 +465,7 @@ async def test_connections_come_and_go_during_broadcasts_without_breaking_delive
                 client = Client()
                 churned.append(client)
                 scope = anyio.CancelScope()
-                tasks.start_soon(cancellable_serve, broadcaster, client, scope)
+                tasks.start_soon(functools.partial(serve, broadcaster, client, scope=scope))
                 await anyio.lowlevel.checkpoint()
                 await anyio.lowlevel.checkpoint()
                 scope.cancel()
@@ -657,7 +550,7 @@ async def test_event_heartbeats_carry_no_id_and_keep_the_clients_position() -> N
 async def test_resuming_from_an_event_heartbeats_id_replays_nothing_missing_or_twice() -> None:
     async with pipeline(heartbeat=0.02, heartbeat_style="event") as (bus, broadcaster, tasks):
         first, scope = Client(), anyio.CancelScope()
-        tasks.start_soon(cancellable_serve, broadcaster, first, scope)
+        tasks.start_soon(functools.partial(serve, broadcaster, first, scope=scope))
         await wait_until(lambda: first.connection is not None)
         ids = await publish_created(bus, broadcaster, [1, 2])
         await wait_until(lambda: len(first.events()) >= 3 and first.events()[-1].type == "ping")
@@ -711,7 +604,7 @@ async def test_a_client_cut_before_any_event_resumes_from_its_connect_id() -> No
     """Issue 11, #1: a quiet client cut by a proxy and reconnecting misses nothing."""
     async with pipeline() as (bus, broadcaster, tasks):
         quiet, scope = Client(), anyio.CancelScope()
-        tasks.start_soon(cancellable_serve, broadcaster, quiet, scope)
+        tasks.start_soon(functools.partial(serve, broadcaster, quiet, scope=scope))
         await wait_until(lambda: quiet.stream == position_marker(broadcaster))
         scope.cancel()
         await quiet.finished.wait()
@@ -760,7 +653,7 @@ async def test_resuming_from_a_resets_id_continues_without_gap() -> None:
     async with pipeline() as (bus, broadcaster, tasks):
         ids = await publish_created(bus, broadcaster, range(1, 4))
         first, scope = Client(), anyio.CancelScope()
-        tasks.start_soon(cancellable_serve, broadcaster, first, scope, "unknown")
+        tasks.start_soon(functools.partial(serve, broadcaster, first, "unknown", scope=scope))
         await wait_until(lambda: len(first.events()) == 1)
         scope.cancel()  # gone right after the reset, before any live event
         await first.finished.wait()
@@ -843,7 +736,7 @@ async def test_events_published_while_history_is_read_arrive_once_after_the_repl
     async with pipeline(history=history) as (bus, broadcaster, tasks):
         ids = await publish_created(bus, broadcaster, [1, 2, 3])
         client = Client()
-        tasks.start_soon(functools.partial(serve, broadcaster, client, None, ids[0]))
+        tasks.start_soon(functools.partial(serve, broadcaster, client, ids[0]))
         await history.reading.wait()
         ids += await publish_created(bus, broadcaster, [4, 5])  # during the lookup
         history.gate.set()
@@ -877,7 +770,7 @@ async def test_a_reset_during_a_slow_history_read_covers_the_events_published_me
     async with pipeline(history=history) as (bus, broadcaster, tasks):
         ids = await publish_created(bus, broadcaster, [1])
         client = Client()
-        tasks.start_soon(functools.partial(serve, broadcaster, client, None, ids[0]))
+        tasks.start_soon(functools.partial(serve, broadcaster, client, ids[0]))
         await history.reading.wait()
         ids += await publish_created(bus, broadcaster, [2])
         history.gate.set()
@@ -899,7 +792,7 @@ async def test_shutdown_during_a_slow_history_read_sends_the_replay_then_the_goo
     async with pipeline(history=history, shutdown_timeout=2) as (bus, broadcaster, tasks):
         ids = await publish_created(bus, broadcaster, [1, 2, 3])
         client = Client()
-        tasks.start_soon(functools.partial(serve, broadcaster, client, None, ids[0]))
+        tasks.start_soon(functools.partial(serve, broadcaster, client, ids[0]))
         await history.reading.wait()
         async with anyio.create_task_group() as closing:
             closing.start_soon(broadcaster.aclose)
@@ -934,7 +827,7 @@ async def test_shutdown_ends_a_connection_stuck_in_its_history_lookup() -> None:
         async with pipeline(history=history, shutdown_timeout=0.05) as (_, broadcaster, tasks):
             client = Client()
             resume_from = broadcaster.position_id()  # ours, so it is looked up
-            tasks.start_soon(functools.partial(serve, broadcaster, client, None, resume_from))
+            tasks.start_soon(functools.partial(serve, broadcaster, client, resume_from))
             await history.reading.wait()
             await broadcaster.aclose()
             assert len(broadcaster.registry) == 0
@@ -974,7 +867,7 @@ async def test_leaving_the_broadcaster_context_says_goodbye_to_every_client() ->
 async def test_a_client_whose_writer_hangs_is_aborted_after_shutdown_timeout() -> None:
     async with pipeline(shutdown_timeout=0.05, write_timeout=None) as (bus, broadcaster, tasks):
         good = await join(tasks, broadcaster)
-        stuck = await join(tasks, broadcaster, write=hang)
+        stuck = await join(tasks, broadcaster, Client(stall=True))
         await publish_created(bus, broadcaster, [1])
         await wait_until(lambda: len(good.events()) == 1)
         await broadcaster.aclose()
@@ -992,7 +885,7 @@ async def test_shutdown_with_a_full_queue_still_aborts_after_shutdown_timeout() 
         broadcaster,
         tasks,
     ):
-        stuck = await join(tasks, broadcaster, write=hang)
+        stuck = await join(tasks, broadcaster, Client(stall=True))
         await anyio.sleep(0.01)  # the writer takes the position marker and hangs
         await publish_created(bus, broadcaster, [1, 2])  # the queue is now full
         assert broadcaster.metrics().evictions == 0

@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
-import anyio
-import anyio.abc
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
+from clients import Client, running, serve, wait_until
+from domain import OrderCreatedDomainEvent, order_events
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -45,7 +45,6 @@ from hypothesis.stateful import (
 from ssebus import (
     Broadcaster,
     ConfigurationError,
-    EventMap,
     Frame,
     InMemoryClientRegistry,
     InMemoryEventBus,
@@ -54,69 +53,19 @@ from ssebus import (
 from ssebus._metrics import Metrics
 from ssebus._outbox import OutboxFull
 from ssebus._resume import Handover
-from ssebus.testing import EventStreamParser, parse_events
 
 pytestmark = pytest.mark.anyio
 
 GUARD = 2.0  # seconds; only a guard against hangs (short: a failing example shrinks)
 
 
-@dataclass(frozen=True)
-class OrderCreatedDomainEvent:
-    order_id: str
-    status: str = "created"
-
-
-def order_events() -> EventMap:
-    events = EventMap()
-    events.add(
-        OrderCreatedDomainEvent,
-        "order-created",
-        lambda e: {"orderId": e.order_id, "status": e.status},
-    )
-    return events
-
-
 # --- one connection and one client across connections --------------------------------------
 
 
-@dataclass(eq=False)
-class Stream:
-    """What one connection wrote; ``done`` once its task has ended."""
-
-    writes: list[bytes] = field(default_factory=list)
-    scope: anyio.CancelScope | None = None
-    done: bool = False
-
-    async def write(self, data: bytes) -> None:
-        self.writes.append(data)
-
-    def seen(self) -> list[tuple[str, str]]:
-        """(id, orderId) of every event dispatched so far, as a browser sees them."""
-        stream = b"".join(list(self.writes))
-        return [(e.last_event_id, json.loads(e.data)["orderId"]) for e in parse_events(stream)]
-
-    def last_event_id(self) -> str:
-        parser = EventStreamParser()
-        parser.feed(b"".join(self.writes))
-        return parser.last_event_id
-
-
-async def serve(
-    broadcaster: Broadcaster,
-    stream: Stream,
-    last_event_id: str | None,
-    *,
-    task_status: anyio.abc.TaskStatus[SseConnection] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    """A client's connection: registered, then writing until cancelled or shut down."""
-    try:
-        with anyio.CancelScope() as stream.scope:
-            async with broadcaster.connect(last_event_id=last_event_id) as connection:
-                task_status.started(connection)
-                await connection.run(stream.write)
-    finally:
-        stream.done = True
+def seen(stream: Client) -> list[tuple[str, str]]:
+    """(id, orderId) of every event one connection dispatched so far, as a browser sees
+    them."""
+    return [(e.last_event_id, json.loads(e.data)["orderId"]) for e in stream.events()]
 
 
 @dataclass(eq=False)
@@ -130,11 +79,11 @@ class Viewer:
 
     joined_at: int
     anchor: str
-    streams: list[Stream] = field(default_factory=list)
-    live: Stream | None = None
+    streams: list[Client] = field(default_factory=list)
+    live: Client | None = None
 
     def seen(self) -> list[tuple[str, str]]:
-        return [event for stream in self.streams for event in stream.seen()]
+        return [event for stream in self.streams for event in seen(stream)]
 
     def resume_id(self) -> str:
         for stream in reversed(self.streams):
@@ -178,12 +127,6 @@ def schedules(draw: st.DrawFn) -> tuple[int, list[Plan]]:
     return events, plans
 
 
-async def wait_until(condition: Callable[[], bool]) -> None:
-    with anyio.fail_after(GUARD):
-        while not condition():  # noqa: ASYNC110
-            await anyio.sleep(0.001)
-
-
 @settings(
     max_examples=40,
     deadline=None,
@@ -199,7 +142,7 @@ async def test_every_client_receives_every_event_in_order_exactly_once(
     viewers: dict[int, Viewer] = {}  # by index in plans
 
     async def connect(viewer: Viewer, last_event_id: str | None) -> None:
-        stream = Stream()
+        stream = Client()
         viewer.streams.append(stream)
         viewer.live = stream
         await tasks.start(functools.partial(serve, broadcaster, stream, last_event_id))
@@ -211,32 +154,27 @@ async def test_every_client_receives_every_event_in_order_exactly_once(
             await wait_until(lambda: len(viewer.seen()) == len(ids) - viewer.joined_at)
         assert stream.scope is not None
         stream.scope.cancel()
-        await wait_until(lambda: stream.done)
+        await wait_until(lambda: stream.finished.is_set())
         viewer.live = None
 
-    with anyio.fail_after(GUARD):
-        async with (
-            anyio.create_task_group() as tasks,
-            InMemoryEventBus() as bus,
-            Broadcaster(bus, order_events(), heartbeat=None) as broadcaster,
-        ):
-            for step in range(events_count + 1):
-                for index, plan in enumerate(plans):
-                    if plan.join == step:
-                        anchor = broadcaster.position_id()
-                        viewers[index] = Viewer(len(ids), anchor)
-                        await connect(viewers[index], anchor if plan.resume_on_join else None)
-                for index, viewer in viewers.items():
-                    plan = plans[index]
-                    if plan.leave == step and viewer.live is not None:
-                        await leave(viewer, plan.drain_before_leave)
-                    if plan.rejoin == step and viewer.live is None:
-                        await connect(viewer, viewer.resume_id())
-                if step < events_count:
-                    await bus.publish(OrderCreatedDomainEvent(f"ord-{step}"))
-                    ids.append(broadcaster.position_id())  # the id the event carries
-            live = [v for v in viewers.values() if v.live is not None]
-            await wait_until(lambda: all(len(v.seen()) == len(ids) - v.joined_at for v in live))
+    async with running(order_events(), guard=GUARD) as (bus, broadcaster, tasks):
+        for step in range(events_count + 1):
+            for index, plan in enumerate(plans):
+                if plan.join == step:
+                    anchor = broadcaster.position_id()
+                    viewers[index] = Viewer(len(ids), anchor)
+                    await connect(viewers[index], anchor if plan.resume_on_join else None)
+            for index, viewer in viewers.items():
+                plan = plans[index]
+                if plan.leave == step and viewer.live is not None:
+                    await leave(viewer, plan.drain_before_leave)
+                if plan.rejoin == step and viewer.live is None:
+                    await connect(viewer, viewer.resume_id())
+            if step < events_count:
+                await bus.publish(OrderCreatedDomainEvent(f"ord-{step}"))
+                ids.append(broadcaster.position_id())  # the id the event carries
+        live = [v for v in viewers.values() if v.live is not None]
+        await wait_until(lambda: all(len(v.seen()) == len(ids) - v.joined_at for v in live))
 
     assert len(set(ids)) == len(ids)
     assert len(viewers) == len(plans)
@@ -276,7 +214,7 @@ class PipelineMachine(RuleBasedStateMachine):
         self.futures: list[Future[None]] = []
 
     def _connect(self, viewer: Viewer, last_event_id: str | None) -> None:
-        stream = Stream()
+        stream = Client()
         future, _ = self.portal.start_task(serve, self.broadcaster, stream, last_event_id)
         self.futures.append(future)
         viewer.streams.append(stream)
@@ -286,7 +224,7 @@ class PipelineMachine(RuleBasedStateMachine):
         live = [v for v in self.all_viewers if v.live is not None]
         expected = len(self.ids)
         self.portal.call(
-            wait_until, lambda: all(len(v.seen()) == expected - v.joined_at for v in live)
+            wait_until, lambda: all(len(v.seen()) == expected - v.joined_at for v in live), GUARD
         )
 
     @rule(target=viewers, resume=st.booleans())
@@ -313,7 +251,7 @@ class PipelineMachine(RuleBasedStateMachine):
             self._drain()
         assert stream.scope is not None
         self.portal.call(stream.scope.cancel)
-        self.portal.call(wait_until, lambda: stream.done)
+        self.portal.call(wait_until, lambda: stream.finished.is_set(), GUARD)
         viewer.live = None
 
     @rule(viewer=viewers)
@@ -382,6 +320,7 @@ class Model:
     held: bool
     queued: int = 0
     closed: bool = False
+    start: int = 0  # the tick it went live at (rule 5: nothing at or before it is queued)
 
 
 class RegistryMachine(RuleBasedStateMachine):
@@ -408,14 +347,14 @@ class RegistryMachine(RuleBasedStateMachine):
             connection_id, max_queue=self.MAX_QUEUE, write_timeout=None, metrics=Metrics()
         )
         # Held: resuming from position 0, its replay not yet run. Else live at position 0.
-        connection.start(b"", 0, Handover(0, "an id") if held else None)
+        connection.start(b"", self.ticks, Handover(self.ticks, "an id") if held else None)
         if connection_id in self.model:
             with pytest.raises(ConfigurationError, match="connection_id"):
                 self.registry.add(connection)
             assert self.registry.get(connection_id) is self.model[connection_id].connection
         else:
             self.registry.add(connection)
-            self.model[connection_id] = Model(connection, held)
+            self.model[connection_id] = Model(connection, held, start=self.ticks)
 
     @rule(connection_id=st.sampled_from(["a", "b", "c", "d", "e", "f"]))
     def remove(self, connection_id: str) -> None:
@@ -449,16 +388,22 @@ class RegistryMachine(RuleBasedStateMachine):
             elif model.queued < self.MAX_QUEUE:
                 connection.offer(frame)
                 model.queued += 1
-                assert connection.position == self.ticks
+                assert len(connection.outbox) == model.queued
             else:
                 with pytest.raises(OutboxFull):  # a full outbox reports the client lagging
                     connection.offer(frame)
 
     @rule()
     def offer_a_frame_every_connection_already_has(self) -> None:
-        frame = Frame("f-0", "order-created", b"data: old\n\n", tick=0)
+        """A frame at or before the tick a connection went live (or resumed) at: a replay
+        gave it already, so it is dropped and never raises."""
+        if not self.ticks:
+            return
+        frame = Frame("f-old", "order-created", b"data: old\n\n", tick=self.ticks)
         for connection in self.registry.snapshot():
-            connection.offer(frame)  # at or before its position: dropped, never raises
+            model = self.model[connection.id]
+            if model.start == self.ticks:
+                connection.offer(frame)
 
     @invariant()
     def each_outbox_holds_what_the_model_says(self) -> None:

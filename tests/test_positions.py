@@ -8,44 +8,21 @@ position marker, ping or reset - may carry an id another tenant's client receive
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
 
-import anyio
-import anyio.abc
 import pytest
-from clients import GUARD, Client, join, leave, wait_until
+from clients import join, leave, running, wait_until
 from hypothesis import given
 from hypothesis import strategies as st
-from tenants import Noted, noted_events
+from tenants import Noted, noted_events, numbers
 
-from ssebus import Broadcaster, InMemoryEventBus, Subscription
+from ssebus import Subscription
 from ssebus._position import PositionCodec
 
 pytestmark = pytest.mark.anyio
 
 
-@asynccontextmanager
-async def running(
-    **options: Any,
-) -> AsyncIterator[tuple[InMemoryEventBus, Broadcaster, anyio.abc.TaskGroup]]:
-    options.setdefault("heartbeat", None)
-    with anyio.fail_after(GUARD):
-        async with (
-            anyio.create_task_group() as tasks,
-            InMemoryEventBus() as bus,
-            Broadcaster(bus, noted_events(), **options) as broadcaster,
-        ):
-            yield bus, broadcaster, tasks
-
-
-def numbers(client: Client) -> list[int]:
-    return [json.loads(e.data)["n"] for e in client.events() if e.type == "noted"]
-
-
 async def test_a_client_cut_before_its_first_event_resumes_with_the_event_it_missed() -> None:
-    async with running() as (bus, broadcaster, tasks):
+    async with running(noted_events()) as (bus, broadcaster, tasks):
         quiet = await join(tasks, broadcaster)
         await wait_until(lambda: bool(quiet.writes))
         await leave(quiet)  # a proxy timeout, before any event
@@ -57,7 +34,7 @@ async def test_a_client_cut_before_its_first_event_resumes_with_the_event_it_mis
 
 
 async def test_the_position_at_connect_dispatches_no_event() -> None:
-    async with running() as (_bus, broadcaster, tasks):
+    async with running(noted_events()) as (_bus, broadcaster, tasks):
         client = await join(tasks, broadcaster, retry=2000)
         await wait_until(lambda: bool(client.writes))
         assert client.events() == []
@@ -69,7 +46,7 @@ async def test_a_resumed_client_that_missed_nothing_visible_is_moved_to_the_newe
     None
 ):
     sub = Subscription(tenant="b")
-    async with running() as (bus, broadcaster, tasks):
+    async with running(noted_events()) as (bus, broadcaster, tasks):
         first = await join(tasks, broadcaster, subscription=sub)
         await wait_until(lambda: bool(first.writes))
         await leave(first)
@@ -84,7 +61,11 @@ async def test_a_resumed_client_that_missed_nothing_visible_is_moved_to_the_newe
 
 
 async def test_no_id_a_tenant_receives_is_one_another_tenant_receives() -> None:
-    async with running(heartbeat=0.01, heartbeat_style="event") as (bus, broadcaster, tasks):
+    async with running(noted_events(), heartbeat=0.01, heartbeat_style="event") as (
+        bus,
+        broadcaster,
+        tasks,
+    ):
         a = await join(tasks, broadcaster, subscription=Subscription(tenant="a"))
         b = await join(tasks, broadcaster, subscription=Subscription(tenant="b"))
         for n in range(20):
@@ -105,7 +86,11 @@ async def test_no_id_a_tenant_receives_is_one_another_tenant_receives() -> None:
 
 
 async def test_event_pings_carry_no_id() -> None:
-    async with running(heartbeat=0.01, heartbeat_style="event") as (bus, broadcaster, tasks):
+    async with running(noted_events(), heartbeat=0.01, heartbeat_style="event") as (
+        bus,
+        broadcaster,
+        tasks,
+    ):
         client = await join(tasks, broadcaster)
         await bus.publish(Noted(1))
         await wait_until(lambda: any(e.type == "ping" for e in client.events()))
@@ -117,7 +102,7 @@ async def test_event_pings_carry_no_id() -> None:
 
 
 async def test_an_id_of_another_tenant_gets_a_reset_never_that_tenants_events() -> None:
-    async with running() as (bus, broadcaster, tasks):
+    async with running(noted_events()) as (bus, broadcaster, tasks):
         a = await join(tasks, broadcaster, subscription=Subscription(tenant="a"))
         await bus.publish(Noted(1, tenant="a"))
         await wait_until(lambda: numbers(a) == [1])
@@ -137,12 +122,12 @@ async def test_an_id_of_another_tenant_gets_a_reset_never_that_tenants_events() 
 
 
 async def test_the_ids_of_an_earlier_process_get_a_reset() -> None:
-    async with running() as (bus, broadcaster, tasks):
+    async with running(noted_events()) as (bus, broadcaster, tasks):
         client = await join(tasks, broadcaster)
         await bus.publish(Noted(1))
         await wait_until(lambda: numbers(client) == [1])
         old_id = client.last_event_id()
-    async with running() as (bus, broadcaster, tasks):
+    async with running(noted_events()) as (bus, broadcaster, tasks):
         await bus.publish(Noted(2))
         back = await join(tasks, broadcaster, last_event_id=old_id)
         await wait_until(lambda: bool(back.events()))

@@ -4,15 +4,15 @@ the others, never pin more than their bound, and a stalled one is evicted like a
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Collection, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Collection, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
 import anyio.abc
 import pytest
-from clients import GUARD, Client, join, leave, wait_until
-from tenants import Noted, noted_events
+from clients import GUARD, Client, join, leave, running, wait_until
+from tenants import Noted, noted_events, numbers
 
 from ssebus import Broadcaster, Frame, InMemoryEventBus, InMemoryHistory
 
@@ -33,18 +33,11 @@ class CountingHistory(InMemoryHistory):
         return await super().since(partitions, after, limit)
 
 
-@asynccontextmanager
-async def running(
+def pipeline(
     history: InMemoryHistory | None = None, **options: Any
-) -> AsyncIterator[tuple[InMemoryEventBus, Broadcaster, anyio.abc.TaskGroup]]:
-    options.setdefault("heartbeat", None)
-    with anyio.fail_after(GUARD * 2):
-        async with (
-            anyio.create_task_group() as tasks,
-            InMemoryEventBus() as bus,
-            Broadcaster(bus, noted_events(), history=history, **options) as broadcaster,
-        ):
-            yield bus, broadcaster, tasks
+) -> AbstractAsyncContextManager[tuple[InMemoryEventBus, Broadcaster, anyio.abc.TaskGroup]]:
+    """``running`` with the noted events, on ``history``; long replays get twice the guard."""
+    return running(noted_events(), guard=GUARD * 2, history=history, **options)
 
 
 async def gone_quiet(tasks: anyio.abc.TaskGroup, broadcaster: Broadcaster) -> str:
@@ -55,13 +48,9 @@ async def gone_quiet(tasks: anyio.abc.TaskGroup, broadcaster: Broadcaster) -> st
     return client.last_event_id()
 
 
-def numbers(client: Client) -> list[int]:
-    return [json.loads(e.data)["n"] for e in client.events() if e.type == "noted"]
-
-
 async def test_a_long_replay_is_read_in_pages_and_arrives_whole_and_in_order() -> None:
     history = CountingHistory(max_events=10_000)
-    async with running(history, replay_page=50) as (bus, broadcaster, tasks):
+    async with pipeline(history, replay_page=50) as (bus, broadcaster, tasks):
         position = await gone_quiet(tasks, broadcaster)
         for n in range(2_000):
             await bus.publish(Noted(n))
@@ -78,7 +67,7 @@ def received(client: Client) -> int:
 
 
 async def test_live_delivery_goes_on_while_twenty_clients_replay() -> None:
-    async with running(InMemoryHistory(max_events=10_000)) as (bus, broadcaster, tasks):
+    async with pipeline(InMemoryHistory(max_events=10_000)) as (bus, broadcaster, tasks):
         position = await gone_quiet(tasks, broadcaster)
         for n in range(5_000):
             await bus.publish(Noted(n))
@@ -95,7 +84,7 @@ async def test_live_delivery_goes_on_while_twenty_clients_replay() -> None:
 
 
 async def test_a_replay_longer_than_max_replay_is_a_reset() -> None:
-    async with running(InMemoryHistory(max_events=10_000), max_replay=500) as (
+    async with pipeline(InMemoryHistory(max_events=10_000), max_replay=500) as (
         bus,
         broadcaster,
         tasks,
@@ -113,8 +102,31 @@ async def test_a_replay_longer_than_max_replay_is_a_reset() -> None:
         assert broadcaster.metrics().resets == 1
 
 
+@pytest.mark.parametrize("missed", [499, 500, 501])
+async def test_max_replay_is_the_most_a_client_is_replayed_before_a_reset(missed: int) -> None:
+    async with pipeline(InMemoryHistory(max_events=10_000), max_replay=500, replay_page=64) as (
+        bus,
+        broadcaster,
+        tasks,
+    ):
+        position = await gone_quiet(tasks, broadcaster)
+        for n in range(missed):
+            await bus.publish(Noted(n))
+        client = await join(tasks, broadcaster, last_event_id=position)
+        await wait_until(lambda: client.events() != [] and client.connection is not None)
+        await wait_until(lambda: not client.connection.catching_up)  # type: ignore[union-attr]
+        await bus.publish(Noted(-1))
+        await wait_until(lambda: numbers(client)[-1:] == [-1])
+        if missed <= 500:
+            assert numbers(client) == [*range(missed), -1]
+            assert broadcaster.metrics().resets == 0
+        else:  # what fitted in the cap, then the reset, then live again
+            assert [e.type for e in client.events()][-2:] == ["reset", "noted"]
+            assert numbers(client) == [*range(500), -1]
+
+
 async def test_a_stalled_client_resuming_is_evicted_by_the_write_timeout_without_traffic() -> None:
-    async with running(InMemoryHistory(max_events=10_000), max_queue=16, write_timeout=0.2) as (
+    async with pipeline(InMemoryHistory(max_events=10_000), max_queue=16, write_timeout=0.2) as (
         bus,
         broadcaster,
         tasks,
@@ -131,7 +143,7 @@ async def test_a_stalled_client_resuming_is_evicted_by_the_write_timeout_without
 
 
 async def test_what_a_resuming_client_holds_stays_within_its_bound() -> None:
-    async with running(InMemoryHistory(max_events=10_000), max_queue=16, write_timeout=None) as (
+    async with pipeline(InMemoryHistory(max_events=10_000), max_queue=16, write_timeout=None) as (
         bus,
         broadcaster,
         tasks,

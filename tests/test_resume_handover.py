@@ -17,13 +17,12 @@ from dataclasses import dataclass
 
 import anyio
 import pytest
-from clients import GUARD, Client, join, wait_until
+from clients import GUARD, Client, join, running, wait_until
 
 from ssebus import (
     Broadcaster,
     EventBusBase,
     EventMap,
-    InMemoryEventBus,
     ServerSentEvent,
 )
 from ssebus._position import PositionCodec
@@ -214,22 +213,17 @@ async def test_a_client_still_catching_up_at_shutdown_keeps_the_id_of_what_it_go
     events = EventMap()
     events.add(Shipped, "placed", lambda e: {"orderId": e.order_id})
     client = Client()
-    with anyio.fail_after(GUARD):
-        async with (
-            anyio.create_task_group() as tasks,
-            InMemoryEventBus() as bus,
-            Broadcaster(bus, events, heartbeat=None) as broadcaster,
-        ):
-            seen = broadcaster.publish(Shipped("o-1"))
-            got = broadcaster.publish(Shipped("o-2"))
-            assert seen is not None
-            assert seen.id is not None
-            assert got is not None
-            await join(tasks, broadcaster, client, last_event_id=seen.id)
-            late = broadcaster.publish(Shipped("o-3"))  # held: the replay is still running
-            assert late is not None
-            ids = {"o-1": seen.id, "o-2": got.id, "o-3": late.id}
-            # The broadcaster shuts down now, with the replay of o-2 under way.
+    async with running(events) as (_, broadcaster, tasks):
+        seen = broadcaster.publish(Shipped("o-1"))
+        got = broadcaster.publish(Shipped("o-2"))
+        assert seen is not None
+        assert seen.id is not None
+        assert got is not None
+        await join(tasks, broadcaster, client, last_event_id=seen.id)
+        late = broadcaster.publish(Shipped("o-3"))  # held: the replay is still running
+        assert late is not None
+        ids = {"o-1": seen.id, "o-2": got.id, "o-3": late.id}
+        # The broadcaster shuts down now, with the replay of o-2 under way.
     got_ids = placed(client)
     assert got_ids in (["o-2"], ["o-2", "o-3"])
     assert client.last_event_id() == ids[got_ids[-1]]

@@ -5,39 +5,33 @@ from __future__ import annotations
 
 import json
 
-import anyio
 import pytest
-from clients import GUARD, join, leave, wait_until
+from clients import join, leave, running, wait_until
 from tenants import Noted, noted_events
 
-from ssebus import Broadcaster, Frame, InMemoryEventBus, InMemoryHistory, Subscription
+from ssebus import Frame, InMemoryHistory, Subscription
 
 pytestmark = pytest.mark.anyio
 
 
 async def test_a_tenants_burst_never_pushes_out_another_tenants_missed_events() -> None:
     b_only = Subscription(tenant="b")
-    with anyio.fail_after(GUARD):
-        async with (
-            anyio.create_task_group() as tasks,
-            InMemoryEventBus() as bus,
-            Broadcaster(bus, noted_events(), heartbeat=None) as broadcaster,
-        ):
-            client = await join(tasks, broadcaster, subscription=b_only)
-            await wait_until(lambda: bool(client.writes))
-            await leave(client)
-            await bus.publish(Noted(1, tenant="b"))
-            await bus.publish(Noted(2, tenant="b"))
-            for n in range(5_000):  # five times the default history, all tenant a
-                await bus.publish(Noted(100 + n, tenant="a"))
-            back = await join(
-                tasks, broadcaster, last_event_id=client.last_event_id(), subscription=b_only
-            )
-            await wait_until(lambda: len(back.events()) >= 2)
-            assert [(e.type, json.loads(e.data)["n"]) for e in back.events()] == [
-                ("noted", 1),
-                ("noted", 2),
-            ]
+    async with running(noted_events()) as (bus, broadcaster, tasks):
+        client = await join(tasks, broadcaster, subscription=b_only)
+        await wait_until(lambda: bool(client.writes))
+        await leave(client)
+        await bus.publish(Noted(1, tenant="b"))
+        await bus.publish(Noted(2, tenant="b"))
+        for n in range(5_000):  # five times the default history, all tenant a
+            await bus.publish(Noted(100 + n, tenant="a"))
+        back = await join(
+            tasks, broadcaster, last_event_id=client.last_event_id(), subscription=b_only
+        )
+        await wait_until(lambda: len(back.events()) >= 2)
+        assert [(e.type, json.loads(e.data)["n"]) for e in back.events()] == [
+            ("noted", 1),
+            ("noted", 2),
+        ]
 
 
 async def test_the_tenantless_events_are_a_partition_of_their_own() -> None:

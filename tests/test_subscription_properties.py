@@ -25,17 +25,17 @@ Redis streams while that instance's own reader may still be catching up.
 
 from __future__ import annotations
 
-import functools
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass, field
 
 import anyio
 import anyio.abc
 import coredis
 import pytest
+from clients import GUARD, Client, broadcasting, join, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis_support import REDIS_URL
@@ -54,11 +54,9 @@ from ssebus import (
 from ssebus._metrics import Metrics
 from ssebus._position import PositionCodec
 from ssebus.redis import RedisEventBus
-from ssebus.testing import parse_events
 
 pytestmark = pytest.mark.anyio
 
-GUARD = 5.0  # seconds; only a guard against hangs (short: a failing example shrinks)
 TENANTS = [None, "acme", "globex"]
 TOPICS = ["t1", "t2", "t3"]
 ROLES = ["admin", "staff"]
@@ -162,15 +160,23 @@ class Stream:
     resume_after: int | None = None
     #: How many events were published when it connected.
     joined_at: int = 0
-    writes: list[bytes] = field(default_factory=list)
+    client: Client = field(default_factory=Client)
 
-    async def write(self, data: bytes) -> None:
-        self.writes.append(data)
+    async def connect(
+        self, tasks: anyio.abc.TaskGroup, broadcaster: Broadcaster, last_event_id: str | None
+    ) -> None:
+        """Connect; return once registered and its replay queued."""
+        await join(
+            tasks,
+            broadcaster,
+            self.client,
+            last_event_id=last_event_id,
+            subscription=self.subscription,
+        )
 
     def received(self) -> list[tuple[str, int]]:
         """(id, n) of every event dispatched, as a browser sees them."""
-        events = parse_events(b"".join(self.writes))
-        return [(e.last_event_id, json.loads(e.data)["n"]) for e in events]
+        return [(e.last_event_id, json.loads(e.data)["n"]) for e in self.client.events()]
 
     def expected(self, events: Sequence[Event], ids: Sequence[Ids]) -> list[tuple[str, int]]:
         first = self.joined_at if self.resume_after is None else self.resume_after + 1
@@ -180,33 +186,6 @@ class Stream:
     def complete(self, events: Sequence[Event], ids: Sequence[Ids]) -> bool:
         """Whether it has received as many events as it should by now."""
         return len(self.received()) >= len(self.expected(events, ids))
-
-
-async def serve(
-    broadcaster: Broadcaster,
-    stream: Stream,
-    last_event_id: str | None,
-    *,
-    task_status: anyio.abc.TaskStatus[SseConnection] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    async with broadcaster.connect(
-        last_event_id=last_event_id, subscription=stream.subscription
-    ) as connection:
-        task_status.started(connection)
-        await connection.run(stream.write)
-
-
-async def join(
-    tasks: anyio.abc.TaskGroup, broadcaster: Broadcaster, stream: Stream, last_event_id: str | None
-) -> None:
-    """Start ``stream``'s connection; return once it is registered and its replay queued."""
-    await tasks.start(functools.partial(serve, broadcaster, stream, last_event_id))
-
-
-async def wait_until(condition: Callable[[], bool]) -> None:
-    with anyio.fail_after(GUARD):
-        while not condition():  # noqa: ASYNC110
-            await anyio.sleep(0.001)
 
 
 def predicate_failures(streams: Sequence[Stream], events: Sequence[Event]) -> int:
@@ -223,18 +202,10 @@ def predicate_failures(streams: Sequence[Stream], events: Sequence[Event]) -> in
 # --- in memory -----------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def running(bus: IEventBus) -> AsyncIterator[tuple[Broadcaster, anyio.abc.TaskGroup]]:
-    """A broadcaster on ``bus`` and a task group for its connections.
-
-    The broadcaster is left first: its shutdown writes out every queue and ends every
-    connection, so after the block each stream is complete.
-    """
-    async with (
-        anyio.create_task_group() as tasks,
-        Broadcaster(bus, property_events(), heartbeat=None) as broadcaster,
-    ):
-        yield broadcaster, tasks
+def running(bus: IEventBus) -> AbstractAsyncContextManager[tuple[Broadcaster, anyio.abc.TaskGroup]]:
+    """A broadcaster of the property events on ``bus``: after the block each stream is
+    complete."""
+    return broadcasting(bus, property_events())
 
 
 @settings(
@@ -256,7 +227,7 @@ async def test_every_connection_receives_exactly_the_events_its_subscription_adm
     with anyio.fail_after(GUARD):
         async with InMemoryEventBus() as bus, running(bus) as (broadcaster, tasks):
             for stream in streams:
-                await join(tasks, broadcaster, stream, None)
+                await stream.connect(tasks, broadcaster, None)
             for event in events:
                 await bus.publish(event)
                 ids.append({t: broadcaster.position_id(t) for t in TENANTS})  # its ids
@@ -305,7 +276,7 @@ async def test_a_connection_resuming_from_any_id_gets_exactly_the_admitted_event
                     last_event_id = (
                         None if after is None else positions[after + 1][stream.subscription.tenant]
                     )
-                    await join(tasks, broadcaster, stream, last_event_id)
+                    await stream.connect(tasks, broadcaster, last_event_id)
                 if step < len(events):
                     await bus.publish(events[step])
                     positions.append({t: broadcaster.position_id(t) for t in TENANTS})
@@ -410,7 +381,7 @@ async def test_on_a_redis_stream_live_and_resuming_connections_get_exactly_their
                 origin = bus_a.latest_position()  # a fresh bus: 0
                 broadcaster_a, tasks_a = await stack.enter_async_context(running(bus_a))
                 for stream in live:
-                    await join(tasks_a, broadcaster_a, stream, None)
+                    await stream.connect(tasks_a, broadcaster_a, None)
                 for event in events[:before]:
                     await bus_a.publish(event)
                 await wait_until(lambda: len(ids) == before)
@@ -424,7 +395,7 @@ async def test_on_a_redis_stream_live_and_resuming_connections_get_exactly_their
                     tick = ticks[after] if after >= 0 else origin
                     # The id of the position after event ``after``, in the client's view.
                     last_event_id = codec.token(stream.subscription.tenant, tick)
-                    await join(tasks_b, broadcaster_b, stream, last_event_id)
+                    await stream.connect(tasks_b, broadcaster_b, last_event_id)
                     if published < len(events):  # publish while the others join
                         await bus_b.publish(events[published])
                         published += 1

@@ -29,7 +29,6 @@ when the broadcaster shuts down drops what it held and resumes later, see
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -37,16 +36,24 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import ExitStack, aclosing, asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from contextlib import (
+    AbstractAsyncContextManager,
+    ExitStack,
+    aclosing,
+    asynccontextmanager,
+    contextmanager,
+)
+from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import parse_qs
 
 import anyio
 import anyio.abc
+import clients as simulated
 import coredis
 import httpx
 import pytest
+from clients import GUARD, running, wait_until
 from encoders import CountingEncoder
 from httpx_sse import ServerSentEvent as ReceivedSse
 from httpx_sse import aconnect_sse
@@ -73,11 +80,10 @@ from ssebus import (
 )
 from ssebus._metrics import Metrics
 from ssebus.redis import RedisEventBus
-from ssebus.testing import EventStreamParser, ParsedEvent, parse_events
+from ssebus.testing import ParsedEvent
 
 pytestmark = pytest.mark.anyio
 
-GUARD = 5.0  # seconds; only a guard against hangs, never reached by a passing test
 EXPIRED_FRAME = b'event: credentials-expired\ndata: {"reason":"credentials-expired"}\n\n'
 
 
@@ -142,24 +148,10 @@ def tenant_events() -> EventMap:
 
 
 @dataclass(eq=False)
-class Client:
-    """A client whose writer appends every write to ``writes``."""
+class Client(simulated.Client):
+    """The shared simulated client, with the subscription it connects with."""
 
     subscription: Subscription | None = None
-    writes: list[bytes] = field(default_factory=list)
-    connection: SseConnection | None = None
-    finished: anyio.Event = field(default_factory=anyio.Event)
-    finished_at: float | None = None
-
-    async def write(self, data: bytes) -> None:
-        self.writes.append(data)
-
-    @property
-    def stream(self) -> bytes:
-        return b"".join(self.writes)
-
-    def events(self) -> list[ParsedEvent]:
-        return parse_events(self.stream)
 
     def received(self) -> list[tuple[str, Any]]:
         """(type, decoded data) of every event the client's browser would dispatch."""
@@ -169,31 +161,6 @@ class Client:
         """The order ids of the ``order-shipped`` events received, in order."""
         return [data["orderId"] for kind, data in self.received() if kind == "order-shipped"]
 
-    def last_event_id(self) -> str:
-        parser = EventStreamParser()
-        parser.feed(self.stream)
-        return parser.last_event_id
-
-
-async def serve(
-    broadcaster: Broadcaster,
-    client: Client,
-    last_event_id: str | None = None,
-    *,
-    task_status: anyio.abc.TaskStatus[SseConnection] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    """One client's whole life: connect with its subscription, write until the end."""
-    try:
-        async with broadcaster.connect(
-            last_event_id=last_event_id, subscription=client.subscription
-        ) as connection:
-            client.connection = connection
-            task_status.started(connection)
-            await connection.run(client.write)
-    finally:
-        client.finished_at = time.time()
-        client.finished.set()
-
 
 async def join(
     tasks: anyio.abc.TaskGroup,
@@ -202,36 +169,20 @@ async def join(
     *,
     last_event_id: str | None = None,
 ) -> Client:
-    """Start a client and return once it is registered."""
-    client = Client(subscription)
-    await tasks.start(functools.partial(serve, broadcaster, client, last_event_id))
+    """Start a client with ``subscription``; return once it is registered."""
+    client = Client(subscription=subscription)
+    await simulated.join(
+        tasks, broadcaster, client, last_event_id=last_event_id, subscription=subscription
+    )
     return client
 
 
-@asynccontextmanager
-async def pipeline(
+def pipeline(
     events: EventMap | None = None, **options: Any
-) -> AsyncIterator[tuple[InMemoryEventBus, Broadcaster, anyio.abc.TaskGroup]]:
-    """A bus, a running broadcaster (no heartbeat unless asked) and a task group for clients.
-
-    The broadcaster is left before the task group, so its shutdown flushes and ends every
-    client: after the block each client's stream is complete.
-    """
-    options.setdefault("heartbeat", None)
-    with anyio.fail_after(GUARD):
-        async with (
-            anyio.create_task_group() as tasks,
-            InMemoryEventBus() as bus,
-            Broadcaster(bus, events or tenant_events(), **options) as broadcaster,
-        ):
-            yield bus, broadcaster, tasks
-
-
-async def wait_until(condition: Callable[[], bool]) -> None:
-    """Poll ``condition`` (plain data written by client tasks) until it holds."""
-    with anyio.fail_after(GUARD):
-        while not condition():  # noqa: ASYNC110
-            await anyio.sleep(0.001)
+) -> AbstractAsyncContextManager[tuple[InMemoryEventBus, Broadcaster, anyio.abc.TaskGroup]]:
+    """``running`` with the tenant events unless told: after the block each client's
+    stream is complete."""
+    return running(events or tenant_events(), **options)
 
 
 def shipped(tenant: str, order: str, customer: str = "c-0") -> OrderShipped:

@@ -46,7 +46,7 @@ class SseConnection:
         "close_reason",
         "id",
         "outbox",
-        "position",
+        "_skip_through",
         "write_timeout",
     )
 
@@ -68,8 +68,9 @@ class SseConnection:
         self.write_timeout = write_timeout
         #: Why the connection closed, once it has (``"client disconnected"``, ...).
         self.close_reason: str | None = None
-        #: The tick of the newest frame handed to this client (rule 5 of ``_resume``).
-        self.position = 0
+        #: Live frames up to this tick were given already (rule 5 of ``_resume``); 0 once
+        #: a later one came, since live frames come in tick order.
+        self._skip_through = 0
         self.outbox = Outbox(max_queue, max_bytes)
         self._metrics = metrics
         self._closing = False
@@ -120,7 +121,7 @@ class SseConnection:
     ) -> None:
         """Begin LIVE at ``position`` after ``prelude``, or HELD with ``handover``."""
         self._prelude = prelude
-        self.position = position
+        self._skip_through = position
         self._handover = handover
         self._replay = replay
 
@@ -132,11 +133,12 @@ class SseConnection:
         if handover is not None:
             handover.hold(self, frame)
             return
-        tick = frame.tick  # rule 5
-        if tick is not None:
-            if tick <= self.position:
-                return
-            self.position = tick
+        if self._skip_through:  # rule 5
+            tick = frame.tick
+            if tick is not None:
+                if tick <= self._skip_through:
+                    return
+                self._skip_through = 0
         self.outbox.put_nowait(frame.data)
 
     def control(self, data: bytes) -> None:
@@ -152,7 +154,7 @@ class SseConnection:
             self._handover.pending_reset = (reason, position)
             return
         self.outbox.put_control(data)
-        self.position = position
+        self._skip_through = 0  # what comes after a gap is new, even where ticks start again
 
     def close(self, reason: str, *, final: bytes = b"") -> None:
         """Close the stream gracefully: queued frames, then ``final``, are still written
@@ -229,7 +231,7 @@ class SseConnection:
                 if self._prelude and not await self.send(write, self._prelude, 0):
                     return
                 self._prelude = b""
-                self.position = await handover.catch_up(self, self._replay, write)
+                self._skip_through = await handover.catch_up(self, self._replay, write)
                 self._handover = None
             expires_at = self.subscription.expires_at
             if expires_at is None:
@@ -259,8 +261,20 @@ class SseConnection:
                     self._prelude = b""
                 else:
                     data = batch[0] if len(batch) == 1 else b"".join(batch)
-                if not await self.send(write, data, events):
+                # As send(), inline: a coroutine per write would feed the collector.
+                self._writing_since = time.monotonic()
+                try:
+                    await write(data)
+                except Exception as exc:
+                    self._write_failed(f"write failed: {exc!r}")
                     return True
+                finally:
+                    self._writing_since = None
+                if events:
+                    metrics = self._metrics
+                    metrics.frames_sent += events
+                    if metrics.hook is not None:
+                        metrics.emit("frames_sent", events)
                 continue
             if self._closing:
                 return True

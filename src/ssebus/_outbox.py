@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
-from ._seam import Waiter
+from ._seam import Waiter, new_waiter, wake
 
 __all__ = ["Outbox", "OutboxFull"]
 
@@ -18,68 +18,71 @@ class Outbox:
 
     :meth:`put_nowait` never waits: it raises :class:`OutboxFull` instead (one frame always
     fits an empty outbox, however large). Control frames (pings, resets, goodbyes) go in
-    with :meth:`put_control`, outside the bounds, and are not counted as events. The writer
+    with :meth:`put_control`, outside the byte bound, and are not counted as events. The writer
     swaps everything out at once with :meth:`take`: one wake-up, one write.
     """
 
-    __slots__ = ("_bytes", "_events", "_frames", "_spare", "_waiter", "max_bytes", "max_frames")
+    __slots__ = ("_spare", "controls", "frames", "max_bytes", "max_frames", "room_bytes", "waiter")
 
     def __init__(self, max_frames: int, max_bytes: int) -> None:
         self.max_frames = max_frames
         self.max_bytes = max_bytes
-        self._frames: list[bytes] = []
+        self.frames: list[bytes] = []
         self._spare: list[bytes] = []  # two lists take turns: none is made per write
-        self._bytes = 0
-        self._events = 0
-        self._waiter: Waiter | None = None
+        #: How many bytes more may be queued, and how many of ``frames`` are control frames.
+        self.room_bytes = max_bytes
+        self.controls = 0
+        self.waiter: Waiter | None = None
 
     def __len__(self) -> int:
-        return len(self._frames)
+        return len(self.frames)
 
     def put_nowait(self, data: bytes) -> None:
         """Queue one event frame; raise :class:`OutboxFull` when it does not fit."""
-        frames = self._frames
-        if frames and (self._events >= self.max_frames or self._bytes + len(data) > self.max_bytes):
+        frames = self.frames
+        size = len(data)
+        if (len(frames) >= self.max_frames or self.room_bytes < size) and frames:
             raise OutboxFull
         frames.append(data)
-        self._bytes += len(data)
-        self._events += 1
-        if self._waiter is not None:
+        self.room_bytes -= size
+        if self.waiter is not None:
             self.wake()
 
     def put_control(self, data: bytes) -> None:
         """Queue a frame that is not an event, whatever the bounds."""
-        self._frames.append(data)
-        if self._waiter is not None:
+        self.frames.append(data)
+        self.controls += 1
+        if self.waiter is not None:
             self.wake()
 
     def clear(self) -> None:
         """Forget every queued frame."""
-        self._frames.clear()
-        self._bytes = self._events = 0
+        self.frames.clear()
+        self.room_bytes, self.controls = self.max_bytes, 0
 
     def take(self) -> tuple[list[bytes], int]:
         """Everything queued, oldest first, and how many of it are events. The list is
         reused: the caller is done with it before the next ``take``."""
-        batch, events = self._frames, self._events
+        batch = self.frames
+        events = len(batch) - self.controls
         self._spare.clear()
-        self._frames, self._spare = self._spare, batch
-        self._bytes = self._events = 0
+        self.frames, self._spare = self._spare, batch
+        self.room_bytes, self.controls = self.max_bytes, 0
         return batch, events
 
     def waiting(self) -> Awaitable[object]:
         """What the writer awaits until a frame is queued or :meth:`wake` is called."""
-        waiter = self._waiter = Waiter.create()
-        return waiter.wait()
+        self.waiter, sleep = new_waiter()
+        return sleep
 
     def wake(self) -> None:
         """Wake the writer, if it waits."""
-        waiter, self._waiter = self._waiter, None
+        waiter, self.waiter = self.waiter, None
         if waiter is not None:
-            waiter.wake()
+            wake(waiter)
 
     def release(self) -> None:
         """Free the queue once nothing will run the connection any more."""
-        self._frames = []
+        self.frames = []
         self._spare = []
-        self._bytes = self._events = 0
+        self.room_bytes, self.controls = self.max_bytes, 0

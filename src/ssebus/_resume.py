@@ -24,10 +24,10 @@ Rules:
    the connection turns LIVE at position ``max(cursor, newest held tick, newest tick)``
    (whatever lies before it was replayed, held, or not for this client), and is handed a
    token of that position after the held frames if the last frame it got carried another.
-5. LIVE: a frame whose tick is at or before the position is dropped (the replay, or an
-   instance whose reader was ahead, already gave it); otherwise it is queued and the
-   position moves to its tick. A frame without a tick (ephemeral) is queued, moving nothing.
-   A full outbox evicts the connection.
+5. LIVE: a frame whose tick is at or before the position it went LIVE at is dropped (a
+   replay from an instance whose reader was ahead already gave it); live frames come in
+   tick order, so once one is past it nothing more is checked. A frame without a tick
+   (ephemeral) is always queued. A full outbox evicts the connection.
 6. An id that decodes to nothing for this connection's views, a source that no longer
    covers the cursor, or more than ``max_replay`` frames: a ``reset`` event carrying a token
    of the position it moves the client to, the newest tick now; what was held is dropped (the
@@ -175,13 +175,20 @@ class Handover:
         last_sent: int | None = None
         cursor = self.cursor
         while cursor is not None and self.pending_reset is None and not connection.closing:
+            # Ask for no more than the cap allows, and for one more once it is reached: a
+            # frame beyond the cap is what turns the replay into a reset.
+            limit = max(1, min(replay.page, replay.max_replay - replayed))
             async with replay.limiter:
-                frames = await replay.source(partitions, cursor, replay.page)
+                frames = await replay.source(partitions, cursor, limit)
                 if frames is None:
                     break
                 stop = self.held_low
+                if replayed >= replay.max_replay and frames:
+                    first = frames[0].tick
+                    if stop is None or (first is not None and first < stop):
+                        return self._reset(connection, replay, "replay-limit")
                 chunk: list[bytes] = []
-                ended = len(frames) < replay.page
+                ended = len(frames) < limit
                 for frame in frames:
                     tick = frame.tick
                     assert tick is not None
@@ -193,9 +200,11 @@ class Handover:
                         chunk.append(frame.in_view(view, replay.token).data)
                         last_sent = tick
                 replayed += len(frames)
+                del frames  # a stalled write below must not pin the rendered page
             self.cursor = cursor
             if chunk and not await connection.send(write, b"".join(chunk), len(chunk)):
                 return cursor
+            del chunk
             if connection.closing:
                 return cursor  # rule 7: what was held is gone, and so is the marker
             if ended:
@@ -204,8 +213,6 @@ class Handover:
                 if last_sent != position:
                     connection.outbox.put_control(replay.marker(view, position))
                 return position
-            if replayed >= replay.max_replay:
-                return self._reset(connection, replay, "replay-limit")
         if connection.closing:
             connection.outbox.clear()  # rule 7
             return cursor or 0

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, Union
 
 import anyio
 import anyio.abc
 
-__all__ = ["Background", "Waiter"]
+__all__ = ["Background", "Waiter", "new_waiter", "wake"]
 
 
 def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
@@ -24,39 +24,27 @@ def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-class Waiter:
-    """A one-shot wake-up: :meth:`wait` returns once :meth:`wake` was called.
+#: What a sleeping writer waits on: a bare future on asyncio, an ``anyio.Event`` elsewhere.
+Waiter = Union["asyncio.Future[None]", anyio.Event]
 
-    ``Waiter.create()`` makes a bare future on asyncio and an ``anyio.Event`` elsewhere.
-    """
 
-    __slots__ = ("_event", "_future")
+def new_waiter() -> tuple[Waiter, Awaitable[object]]:
+    """A one-shot wake-up and what to await for it (no coroutine is made on asyncio)."""
+    loop = _asyncio_loop()
+    if loop is not None:
+        future: asyncio.Future[None] = loop.create_future()
+        return future, future
+    event = anyio.Event()
+    return event, event.wait()
 
-    def __init__(self, future: asyncio.Future[None] | None, event: anyio.Event | None) -> None:
-        self._future = future
-        self._event = event
 
-    @classmethod
-    def create(cls) -> Waiter:
-        loop = _asyncio_loop()
-        if loop is not None:
-            return cls(loop.create_future(), None)
-        return cls(None, anyio.Event())
-
-    def wait(self) -> Awaitable[object]:
-        """What to await; no coroutine is made on asyncio."""
-        if self._future is not None:
-            return self._future
-        assert self._event is not None
-        return self._event.wait()
-
-    def wake(self) -> None:
-        future = self._future
-        if future is not None:
-            if not future.done():  # a cancelled wait leaves a cancelled future
-                future.set_result(None)
-        elif self._event is not None:
-            self._event.set()
+def wake(waiter: Waiter) -> None:
+    """Wake whoever awaits ``waiter``; harmless if it already woke or was cancelled."""
+    if isinstance(waiter, asyncio.Future):
+        if not waiter.done():  # a cancelled wait leaves a cancelled future
+            waiter.set_result(None)
+    else:
+        waiter.set()
 
 
 class Background:

@@ -1,0 +1,648 @@
+"""Replay cost and resume memory: what resuming far back costs the event loop and the heap.
+
+Run ``python benchmarks/replay.py [--quick] [--redis URL]`` (needs ``ssebus[redis]``,
+uvicorn, uvloop and httptools, and a Redis at URL, default ``redis://127.0.0.1:6379/0``);
+``--help`` lists the knobs. The default run takes under a minute, ``--quick`` half that.
+
+Everything measured runs in this process, on one uvloop event loop, for two buses in turn:
+``InMemoryEventBus`` (with an ``InMemoryHistory`` large enough to hold the whole log) and
+``RedisEventBus(mode="streams")`` on a stream named for the run, filled by a second bus
+instance and read by a broadcaster that keeps no history of its own
+(``InMemoryHistory(0)``), so every replayed page is a Redis round trip, JSON decode and
+render: the case of a client resuming on an instance that did not see the events. Each
+bus is filled with ``--events`` events (about 100 bytes of JSON each) and a client's
+``Last-Event-ID`` is ``broadcaster.position_id()`` taken before the fill: the oldest
+position. (a) and (b) each get a log of their own (two streams in Redis), and every
+``{<stream>}:*`` key of the run is deleted at the end.
+
+(a) Replay cost. SSE clients are ASGI requests to ``SseEndpoint`` made in process (their
+``send`` counts the frames; no sockets), so the loop does only the server's work. A
+*ticker* task sleeps 1 ms in a loop and records how late it wakes: the longest lateness is
+the longest loop stall. The *other request* is a real HTTP ``GET /ping`` to a trivial
+ASGI route served by uvicorn (httptools) in this process's loop, sent over loopback every
+5 ms by a separate prober process (so its timing is not the loop's); its latency is send
+to last byte. Both are recorded idle (no resume), during 1 resume from the oldest position
+and during ``--concurrent`` simultaneous ones, each run until every client has every event
+and repeated in rounds until the window lasts ``--window`` seconds.
+
+(b) Resume memory. ``--stalled`` clients resume from the oldest position on a broadcaster
+with ``max_queue=16`` and ``write_timeout=2`` while live events are published at 200/s;
+each client's ``send`` accepts its first ``N`` body bytes and then never returns (N = 0,
+the first write hangs, and 64 KiB, about what a socket buffer takes). Resident memory
+(``psutil`` if installed, else ``/proc/self/statm``) is sampled every 10 ms from before the
+clients connect until the write watchdog has evicted them all; a second, identical pass
+runs under ``tracemalloc`` for the peak of Python allocations. The bound they are held
+against is ``clients x (max_queue + replay_page) x frame size``: a full outbox and one
+page being written, per client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import logging
+import math
+import os
+import platform
+import secrets
+import socket
+import sys
+import time
+import tracemalloc
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from typing import Any
+
+import anyio
+import coredis
+import uvicorn
+import uvloop
+
+from ssebus import Broadcaster, EventMap, InMemoryEventBus, InMemoryHistory, SseEndpoint
+from ssebus._types import Message, Receive, Scope, Send
+from ssebus.redis import RedisEventBus
+
+BUSES = {"memory": "in-memory", "streams": "redis streams"}
+PAGE = 100  # replay_page (the default)
+CONCURRENCY = 2  # replay_concurrency (the default)
+MAX_QUEUE = 16
+WRITE_TIMEOUT = 2.0
+LIVE_RATE = 200.0  # live events/s during (b)
+TICK = 0.001  # the ticker's sleep
+PROBE_INTERVAL = 0.005
+SOCKET_BUFFER = 64 << 10
+
+
+@dataclass(frozen=True, slots=True)
+class OrderUpdated:
+    """The benchmark's domain event: about 100 bytes of JSON."""
+
+    seq: int
+    sku: str
+    status: str
+    note: str
+
+
+def order(seq: int) -> OrderUpdated:
+    return OrderUpdated(seq, f"SKU-{seq % 997:05d}", "shipped", f"parcel {seq} left the depot")
+
+
+def order_payload(event: OrderUpdated) -> dict[str, Any]:
+    return {"seq": event.seq, "sku": event.sku, "status": event.status, "note": event.note}
+
+
+EVENTS = EventMap({OrderUpdated: ("order", order_payload)})
+
+
+# -- the prober process: the "other request", over a real socket ---------------------------
+
+
+def probe(port: int, interval: float) -> None:
+    """Send ``GET /ping`` every ``interval`` seconds on one keep-alive connection and print
+    ``<monotonic start> <seconds to the last byte>`` for each, until killed."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    request = b"GET /ping HTTP/1.1\r\nHost: bench\r\n\r\n"
+    due = time.monotonic()
+    with contextlib.suppress(BrokenPipeError, KeyboardInterrupt):
+        while True:
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            start = time.monotonic()
+            sock.sendall(request)
+            answer = b""
+            while not answer.endswith(b"pong"):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return
+                answer += chunk
+            end = time.monotonic()
+            print(f"{start:.6f} {end - start:.7f}", flush=True)
+            due = max(due + interval, end)
+
+
+# -- the measuring process ------------------------------------------------------------------
+
+
+class Ticker:
+    """Sleeps ``TICK`` in a loop; records (woke at, seconds late) for every wake-up."""
+
+    def __init__(self) -> None:
+        self.wakes: list[tuple[float, float]] = []
+
+    async def run(self) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(TICK)
+            now = time.monotonic()
+            self.wakes.append((now, now - before - TICK))
+
+    def lateness(self, window: tuple[float, float]) -> list[float]:
+        start, end = window
+        return sorted(late for at, late in self.wakes if start <= at <= end)
+
+
+class Prober:
+    """The prober process and what it reported: (started at, seconds) per request."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.requests: list[tuple[float, float]] = []
+
+    async def read(self) -> None:
+        assert self.process.stdout is not None
+        async for line in self.process.stdout:
+            start, seconds = line.split()
+            self.requests.append((float(start), float(seconds)))
+
+    def latencies(self, window: tuple[float, float]) -> list[float]:
+        start, end = window
+        return sorted(seconds for at, seconds in self.requests if start <= at <= end)
+
+
+class Client:
+    """One in-process SSE client: counts the event frames it is sent. With ``accept``, its
+    ``send`` takes that many body bytes and then hangs until it is cancelled."""
+
+    def __init__(self, target: int, accept: int | None = None) -> None:
+        self.target = target
+        self.accept = accept
+        self.frames = 0
+        self.bytes = 0
+        self.resets = 0
+        self.started = time.monotonic()
+        self.finished: float | None = None  # got every event
+        self.stalled: float | None = None  # its write began to hang
+        self.ended: float | None = None  # the request returned
+        self.done = anyio.Event()
+        self.gone = anyio.Event()
+
+    async def receive(self) -> Message:
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        if message["type"] != "http.response.body":
+            return
+        body: bytes = message.get("body", b"")
+        if self.accept is not None and self.bytes + len(body) > self.accept:
+            self.stalled = time.monotonic()
+            await anyio.sleep_forever()
+        self.bytes += len(body)
+        self.frames += body.count(b"\ndata: ")
+        if b"event: reset\n" in body:
+            self.resets += 1
+        if self.frames >= self.target and not self.done.is_set():
+            self.finished = time.monotonic()
+            self.done.set()
+
+    async def resume(
+        self, app: Callable[[Scope, Receive, Send], Awaitable[None]], last: str
+    ) -> None:
+        scope: Scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/events",
+            "query_string": b"",
+            "headers": [(b"accept", b"text/event-stream"), (b"last-event-id", last.encode())],
+        }
+        self.started = time.monotonic()
+        try:
+            await app(scope, self.receive, self.send)
+        finally:
+            self.ended = time.monotonic()
+
+
+@dataclass
+class Setup:
+    """One bus, its broadcaster, the app serving it, and how to publish live."""
+
+    kind: str
+    broadcaster: Broadcaster
+    publish: Callable[[object], Awaitable[None]]
+    oldest: str  # the Last-Event-ID of the oldest position
+    app: Callable[[Scope, Receive, Send], Awaitable[None]]
+    fill_seconds: float = 0.0
+
+
+def make_app(endpoint: SseEndpoint) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """``/ping`` answers ``pong`` (the other request); everything else is the SSE endpoint."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/ping":
+            headers = [(b"content-type", b"text/plain"), (b"content-length", b"4")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"pong"})
+            return
+        await endpoint(scope, receive, send)
+
+    return app
+
+
+@asynccontextmanager
+async def open_setup(kind: str, url: str, name: str, events: int) -> AsyncIterator[Setup]:
+    """A running broadcaster on bus ``kind`` whose log holds ``events`` events."""
+    retain = 4 * events  # room for the live events of (b) without trimming the oldest
+    async with AsyncExitStack() as stack:
+        publisher: InMemoryEventBus | RedisEventBus
+        if kind == "memory":
+            bus: InMemoryEventBus | RedisEventBus = InMemoryEventBus()
+            history = InMemoryHistory(retain, max_total=retain)
+            publisher = bus
+        else:
+            bus = RedisEventBus(url, mode="streams", stream=name, maxlen=retain)
+            publisher = RedisEventBus(url, mode="streams", stream=name, maxlen=retain)
+            for each in (bus, publisher):
+                each.register(OrderUpdated)
+            history = InMemoryHistory(0)  # every page from Redis
+        await stack.enter_async_context(bus)
+        if publisher is not bus:
+            await stack.enter_async_context(publisher)
+        broadcaster = Broadcaster(
+            bus,
+            EVENTS,
+            history=history,
+            heartbeat=None,
+            max_queue=MAX_QUEUE,
+            write_timeout=WRITE_TIMEOUT,
+            max_replay=retain,
+            replay_page=PAGE,
+            replay_concurrency=CONCURRENCY,
+        )
+        await stack.enter_async_context(broadcaster)
+        oldest = broadcaster.position_id()
+        started = time.monotonic()
+        batch = 1 if kind == "memory" else 20
+        for first in range(0, events, batch):
+            await asyncio.gather(
+                *(publisher.publish(order(seq)) for seq in range(first, min(first + batch, events)))
+            )
+        while broadcaster.position < events:  # noqa: ASYNC110 - the listener has no event
+            await asyncio.sleep(0.01)
+        setup = Setup(
+            kind, broadcaster, publisher.publish, oldest, make_app(SseEndpoint(broadcaster))
+        )
+        setup.fill_seconds = time.monotonic() - started
+        yield setup
+
+
+# -- (a) replay cost ------------------------------------------------------------------------
+
+
+@dataclass
+class CostRow:
+    """One window of (a): what the clients got, the loop's lateness, the probes' latency."""
+
+    label: str
+    clients: int
+    seconds: float
+    frames: list[int] = field(default_factory=list)
+    resets: int = 0
+    resume: list[float] = field(default_factory=list)  # seconds per client to every event
+    lateness: list[float] = field(default_factory=list)
+    probes: list[float] = field(default_factory=list)
+
+
+async def resumes(setup: Setup, count: int, events: int) -> list[Client]:
+    """``count`` clients resume at once from the oldest position, until each has every event."""
+    clients = [Client(events) for _ in range(count)]
+    async with anyio.create_task_group() as tasks:
+        for client in clients:
+            tasks.start_soon(client.resume, setup.app, setup.oldest)
+        for client in clients:
+            with anyio.move_on_after(300):
+                await client.done.wait()
+            client.gone.set()
+    return clients
+
+
+async def replay_cost(
+    setup: Setup,
+    ticker: Ticker,
+    prober: Prober,
+    events: int,
+    concurrent: int,
+    idle: float,
+    least: float,
+) -> list[CostRow]:
+    """The idle window, then rounds of 1 and of ``concurrent`` simultaneous resumes, each
+    round starting when the last one's clients all have every event, repeated until the
+    window lasts ``least`` seconds (so that it holds enough probes)."""
+    rows = []
+    start = time.monotonic()
+    await asyncio.sleep(idle)
+    window = (start, time.monotonic())
+    rows.append(
+        CostRow("idle", 0, idle, lateness=ticker.lateness(window), probes=prober.latencies(window))
+    )
+    for count in (1, concurrent):
+        await asyncio.sleep(0.5)
+        start = time.monotonic()
+        clients: list[Client] = []
+        rounds = 0
+        while not rounds or time.monotonic() - start < least:
+            clients += await resumes(setup, count, events)
+            rounds += 1
+        window = (start, max(c.finished or c.ended or start for c in clients))
+        rows.append(
+            CostRow(
+                f"{count} resume{'s' if count > 1 else ''} x {rounds}",
+                count,
+                window[1] - window[0],
+                frames=[c.frames for c in clients],
+                resets=sum(c.resets for c in clients),
+                resume=sorted((c.finished or math.nan) - c.started for c in clients),
+                lateness=ticker.lateness(window),
+                probes=prober.latencies(window),
+            )
+        )
+    return rows
+
+
+# -- (b) resume memory ----------------------------------------------------------------------
+
+
+def rss() -> int:
+    """This process's resident set size, in bytes."""
+    try:
+        import psutil  # type: ignore[import-untyped, unused-ignore]
+    except ImportError:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return int(psutil.Process().memory_info().rss)
+
+
+@dataclass
+class MemoryRow:
+    """One pass of (b)."""
+
+    accept: int
+    clients: int
+    stalled: int = 0
+    frames_before_stall: float = 0.0
+    rss_growth: int = 0
+    traced_peak: int = 0
+    traced_held: int = 0  # while every client was stalled
+    evicted: int = 0
+    evicted_after: float = 0.0  # the longest time from a stall to its request ending
+    write_errors: int = 0
+
+
+async def live_traffic(setup: Setup, first: int) -> None:
+    start = time.monotonic()
+    for n in range(10**9):
+        delay = start + n / LIVE_RATE - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await setup.publish(order(first + n))
+
+
+async def stalled_pass(
+    setup: Setup, count: int, accept: int, events: int, traced: bool
+) -> MemoryRow:
+    row = MemoryRow(accept, count)
+    errors = setup.broadcaster.metrics().write_errors
+    gc.collect()
+    baseline = rss()
+    peak_rss = baseline
+    if traced:
+        tracemalloc.start()
+        traced_base = tracemalloc.get_traced_memory()[0]
+    clients = [Client(events, accept) for _ in range(count)]
+
+    async def sample() -> None:
+        nonlocal peak_rss
+        while True:
+            peak_rss = max(peak_rss, rss())
+            await asyncio.sleep(0.01)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(sample)
+        tasks.start_soon(live_traffic, setup, 10 * events)
+        async with anyio.create_task_group() as requests:
+            for client in clients:
+                requests.start_soon(client.resume, setup.app, setup.oldest)
+            with anyio.move_on_after(10):
+                while not all(c.stalled for c in clients):  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0.5)  # live traffic while every client is stalled
+            if traced:
+                row.traced_held = tracemalloc.get_traced_memory()[0] - traced_base
+            with anyio.move_on_after(2 * WRITE_TIMEOUT + 5):
+                while not all(c.ended for c in clients):  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+            released = time.monotonic()  # requests still open now were not evicted
+            for client in clients:
+                client.gone.set()
+        peak_rss = max(peak_rss, rss())
+        tasks.cancel_scope.cancel()
+    if traced:
+        row.traced_peak = tracemalloc.get_traced_memory()[1] - traced_base
+        tracemalloc.stop()
+    row.rss_growth = peak_rss - baseline
+    waits = [
+        c.ended - c.stalled
+        for c in clients
+        if c.stalled is not None and c.ended is not None and c.ended < released
+    ]
+    row.stalled = sum(c.stalled is not None for c in clients)
+    row.frames_before_stall = sum(c.frames for c in clients) / count
+    row.evicted = len(waits)
+    row.evicted_after = max(waits, default=math.nan)
+    row.write_errors = setup.broadcaster.metrics().write_errors - errors
+    return row
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+def percentile(ordered: Sequence[float], p: float) -> float:
+    """The nearest-rank ``p``-th percentile (0 < p <= 100) of sorted values."""
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)] if ordered else math.nan
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f}"
+
+
+def mib(size: float) -> str:
+    return f"{size / (1 << 20):.2f}"
+
+
+def report_cost(results: dict[str, list[CostRow]], events: int) -> None:
+    print(f"\n(a) Replay cost: resuming from the oldest of {events:,} events (times in ms)\n")
+    print(
+        "| bus | window | s | frames per client | resets | resume p50 / max | loop stall max |"
+        " p99 | stalls > 10 ms | ping p50 | p99 | max | p50 / idle | p99 / idle |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for kind, rows in results.items():
+        idle = rows[0]
+        for row in rows:
+            frames = f"{min(row.frames):,}" if row.frames else ""
+            if row.frames and max(row.frames) != min(row.frames):
+                frames += f"-{max(row.frames):,}"
+            resume = (
+                f"{ms(percentile(row.resume, 50))} / {ms(row.resume[-1])}" if row.resume else ""
+            )
+            cells = [
+                BUSES[kind],
+                row.label,
+                f"{row.seconds:.2f}",
+                frames,
+                str(row.resets) if row.clients else "",
+                resume,
+                ms(row.lateness[-1]),
+                ms(percentile(row.lateness, 99)),
+                str(sum(late > 0.010 for late in row.lateness)),
+                ms(percentile(row.probes, 50)),
+                ms(percentile(row.probes, 99)),
+                ms(row.probes[-1] if row.probes else math.nan),
+                f"{percentile(row.probes, 50) / percentile(idle.probes, 50):.2f}x",
+                f"{percentile(row.probes, 99) / percentile(idle.probes, 99):.2f}x",
+            ]
+            print("| " + " | ".join(cells) + " |")
+
+
+def report_memory(
+    results: dict[str, list[tuple[MemoryRow, MemoryRow]]], frame: int, events: int
+) -> None:
+    print(
+        f"\n(b) Resume memory: stalled clients resuming from the oldest of {events:,} events,"
+        f" max_queue={MAX_QUEUE},\nreplay_page={PAGE}, write_timeout={WRITE_TIMEOUT:g} s,"
+        f" {LIVE_RATE:g} live events/s; frame {frame} bytes (sizes in MiB)\n"
+    )
+    print(
+        "| bus | clients | write hangs after | stalled | frames before | RSS growth |"
+        " tracemalloc peak | held while stalled | held per client KiB | bound |"
+        " bound per client KiB | evicted | after s |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for kind, rows in results.items():
+        for plain, traced in rows:
+            bound = plain.clients * (MAX_QUEUE + PAGE) * frame
+            cells = [
+                BUSES[kind],
+                str(plain.clients),
+                f"{plain.accept // 1024} KiB",
+                f"{plain.stalled}/{plain.clients}",
+                f"{plain.frames_before_stall:.0f}",
+                mib(plain.rss_growth),
+                mib(traced.traced_peak),
+                mib(traced.traced_held),
+                f"{traced.traced_held / plain.clients / 1024:.1f}",
+                mib(bound),
+                f"{(MAX_QUEUE + PAGE) * frame / 1024:.1f}",
+                f"{plain.evicted}/{plain.clients}",
+                f"{plain.evicted_after:.2f}",
+            ]
+            print("| " + " | ".join(cells) + " |")
+
+
+async def run(
+    url: str, events: int, concurrent: int, stalled: int, idle: float, least: float
+) -> None:
+    logging.getLogger("ssebus").setLevel(logging.ERROR)  # (b) times out every client
+    name = f"ssebus-bench-replay-{secrets.token_hex(4)}"
+    redis: coredis.Redis[str] = coredis.Redis.from_url(url, decode_responses=True)
+    ticker = Ticker()
+    cost: dict[str, list[CostRow]] = {}
+    memory: dict[str, list[tuple[MemoryRow, MemoryRow]]] = {}
+    frame = 0
+    async with redis, AsyncExitStack() as stack:
+        info: dict[str, Any] = await redis.info("server")
+        print(
+            f"Python {platform.python_version()}, Redis {info['redis_version']}, coredis"
+            f" {version('coredis')}, uvloop {version('uvloop')}, {os.cpu_count()} CPUs"
+            f" {platform.machine()}, load average {os.getloadavg()[0]:.2f}; {events:,} events,"
+            f" {concurrent} concurrent resumes, {stalled} stalled clients"
+        )
+
+        async def delete_keys() -> None:
+            for stream in (f"{name}-a", f"{name}-b"):
+                keys = [key async for key in redis.scan_iter(match=f"{{{stream}}}:*")]
+                if keys:
+                    await redis.delete(keys)
+                print(f"deleted {len(keys)} Redis keys {{{stream}}}:*", file=sys.stderr)
+
+        stack.push_async_callback(delete_keys)
+        tasks = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(tasks.cancel_scope.cancel)
+        tasks.start_soon(ticker.run)
+        for kind in BUSES:
+            # (b) first, while the heap has not grown for (a), so that RSS can show growth
+            async with open_setup(kind, url, f"{name}-b", events) as setup:
+                print(f"  {kind}: filled in {setup.fill_seconds:.1f} s", file=sys.stderr)
+                frame_of = setup.broadcaster.render(order(events), events)
+                assert frame_of is not None
+                frame = len(frame_of.data)
+                rows = []
+                for accept in (0, SOCKET_BUFFER):
+                    plain = await stalled_pass(setup, stalled, accept, events, traced=False)
+                    traced = await stalled_pass(setup, stalled, accept, events, traced=True)
+                    rows.append((plain, traced))
+                memory[kind] = rows
+                print(f"  {kind}: resume memory done", file=sys.stderr)
+            # (a) on a log of its own: (b)'s live events are not in it
+            async with open_setup(kind, url, f"{name}-a", events) as setup:
+                listener = socket.create_server(("127.0.0.1", 0))
+                config = uvicorn.Config(
+                    setup.app, http="httptools", lifespan="off", log_level="warning"
+                )
+                server = uvicorn.Server(config)
+                serving = asyncio.create_task(server.serve(sockets=[listener]))
+                while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag
+                    await asyncio.sleep(0.01)
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    __file__,
+                    "--probe",
+                    str(listener.getsockname()[1]),
+                    stdout=asyncio.subprocess.PIPE,
+                )
+                prober = Prober(process)
+                reading = asyncio.create_task(prober.read())
+                try:
+                    await asyncio.sleep(0.5)  # the prober connects
+                    cost[kind] = await replay_cost(
+                        setup, ticker, prober, events, concurrent, idle, least
+                    )
+                finally:
+                    process.terminate()
+                    await process.wait()
+                    await reading
+                    server.should_exit = True
+                    await serving
+                print(f"  {kind}: replay cost done", file=sys.stderr)
+    report_cost(cost, events)
+    report_memory(memory, frame, events)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2,000 events, 5 and 15 clients")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0", metavar="URL")
+    parser.add_argument("--events", type=int, default=10_000, help="in the log (default 10,000)")
+    parser.add_argument("--concurrent", type=int, default=20, help="resumes at once (default 20)")
+    parser.add_argument("--stalled", type=int, default=60, help="stalled clients (default 60)")
+    parser.add_argument("--idle", type=float, default=2.0, help="idle window, s (default 2)")
+    parser.add_argument(
+        "--window", type=float, default=1.0, help="least seconds of resume rounds (default 1)"
+    )
+    parser.add_argument("--probe", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.probe:
+        probe(args.probe, PROBE_INTERVAL)
+        return
+    if args.quick:
+        args.events, args.concurrent, args.stalled, args.idle, args.window = 2_000, 5, 15, 1, 0.5
+    uvloop.run(run(args.redis, args.events, args.concurrent, args.stalled, args.idle, args.window))
+
+
+if __name__ == "__main__":
+    main()
