@@ -8,26 +8,13 @@ from typing import Any
 
 import anyio
 import pytest
+from buses import LossyBus
 from clients import GUARD, Client, join, leave, wait_until
 from tenants import Noted, noted_events
 
-from ssebus import Broadcaster, BusGap, EventBusBase, InMemoryHistory, Subscription
+from ssebus import Broadcaster, BusGap, InMemoryHistory, Subscription
 
 pytestmark = pytest.mark.anyio
-
-
-class LossyBus(EventBusBase):
-    """A bus whose transport can lose events, as pub/sub does while it is disconnected.
-
-    ``publish`` delivers at once; ``lose`` drops events and reports the gap, as a real bus
-    that notices a sequence jump or a resubscription does.
-    """
-
-    async def publish(self, event: object, *, idempotency_key: str | None = None) -> None:
-        await self.deliver(event)
-
-    async def lose(self, count: int) -> None:
-        await self.report_gap(BusGap(count, "resubscribed"))
 
 
 def noted(client: Client) -> list[int]:

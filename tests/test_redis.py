@@ -25,16 +25,17 @@ import pytest
 from anyio.abc import Process
 from anyio.streams.text import TextReceiveStream
 from clients import Client, join, leave
-from redis_support import REDIS_URL, reachable
-from tenants import Noted, noted_events
-from test_redis_bus import (
+from redis_support import (
+    REDIS_URL,
     RedisServer,
     eventually,
     free_port,
     publish_when_back,
     raw_client,
+    reachable,
     redis_server_fixture,  # noqa: F401 - the redis_server fixture
 )
+from tenants import Noted, noted_events
 
 from ssebus import (
     Broadcaster,

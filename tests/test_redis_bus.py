@@ -8,24 +8,25 @@ frozen with SIGSTOP); the others use ``REDIS_URL`` and delete the keys they crea
 from __future__ import annotations
 
 import logging
-import shutil
-import signal
-import socket
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import anyio
-import coredis
 import pytest
-from anyio.abc import Process
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from redis_support import REDIS_URL, reachable
+from redis_support import (
+    REDIS_URL,
+    RedisServer,
+    eventually,
+    free_port,
+    publish_when_back,
+    raw_client,
+    reachable,
+    redis_server_fixture,  # noqa: F401 - the redis_server fixture
+)
 
 from ssebus import BusUnavailableError, ClosedError
 from ssebus._bus import BusGap, delivery_position
@@ -48,12 +49,6 @@ def tenant_of(event: object) -> str | None:
 
 
 # -- helpers -----------------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def raw_client(url: str = REDIS_URL) -> AsyncIterator[coredis.Redis[str]]:
-    async with coredis.Redis.from_url(url, decode_responses=True) as client:
-        yield client
 
 
 @pytest.fixture
@@ -104,25 +99,6 @@ def gaps_of(bus: RedisEventBus) -> list[BusGap]:
     return gaps
 
 
-async def eventually(condition: Callable[[], bool], within: float = 5.0) -> None:
-    with anyio.fail_after(within):
-        while not condition():  # noqa: ASYNC110 - polling test state
-            await anyio.sleep(0.01)
-
-
-async def publish_when_back(bus: RedisEventBus, event: object, key: str | None = None) -> None:
-    """Publish, retrying with one idempotency key until Redis takes it."""
-    with anyio.fail_after(15):
-        while True:
-            try:
-                await bus.publish(event, idempotency_key=key)
-            except BusUnavailableError as exc:
-                key = exc.idempotency_key
-                await anyio.sleep(0.05)
-            else:
-                return
-
-
 async def replay_all(
     bus: RedisEventBus, partitions: list[str | None], after: int, limit: int
 ) -> list[tuple[int, object]]:
@@ -136,73 +112,6 @@ async def replay_all(
             return replayed
         replayed += page
         after = page[-1][0]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class RedisServer:
-    """A private redis-server on a free port: stopped, started again, frozen, thawed."""
-
-    def __init__(self, directory: Path, *, persistent: bool) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.directory = directory
-        self.persistent = persistent
-        self.process: Process | None = None
-
-    async def start(self) -> None:
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
-        command += ["--save", "", "--dir", str(self.directory)]
-        command += ["--appendonly", "yes" if self.persistent else "no"]
-        self.process = await anyio.open_process(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        with anyio.fail_after(10):
-            while not reachable(self.url):  # noqa: ASYNC110 - polling a port
-                await anyio.sleep(0.05)
-
-    async def stop(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.terminate()  # SIGTERM: with AOF on, the data survives the restart
-            with anyio.fail_after(10):
-                await self.process.wait()
-        self.process = None
-
-    def freeze(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
-
-
-@pytest.fixture(name="redis_server")
-async def redis_server_fixture(
-    tmp_path: Path,
-) -> AsyncIterator[Callable[[bool], Awaitable[RedisServer]]]:
-    """Start private redis-servers (persistent: AOF on); every one is stopped afterwards."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not on PATH")
-    servers: list[RedisServer] = []
-
-    async def start(persistent: bool) -> RedisServer:
-        server = RedisServer(tmp_path / str(len(servers)), persistent=persistent)
-        server.directory.mkdir()
-        servers.append(server)
-        await server.start()
-        return server
-
-    yield start
-    with anyio.CancelScope(shield=True):
-        for server in servers:
-            await server.stop()
 
 
 # -- ticks -------------------------------------------------------------------------------
