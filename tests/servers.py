@@ -40,13 +40,18 @@ APPS = ROOT / "tests" / "apps.py"
 
 #: The servers every live test runs against.
 SERVERS = ("uvicorn", "hypercorn", "hypercorn-trio")
+#: Those, and the servers whose lifecycle tests (stopping) also run: gunicorn with uvicorn's
+#: worker (a master process and one worker). granian has a command below but is not in the
+#: matrix yet: it runs one app's requests on several event loops, which ssebus's
+#: per-loop wake-ups do not support (only the streams of one loop get their goodbye).
+LIFECYCLE_SERVERS = (*SERVERS, "gunicorn")
 #: Seconds a server may take to start accepting connections (imports included).
 START_TIMEOUT = 20.0
 #: Seconds a server may take to exit after SIGINT.
 STOP_TIMEOUT = 5.0
-#: Exit statuses of a clean stop: uvicorn re-raises the SIGINT it handled once it has shut
-#: down, so a process may end "killed by SIGINT" after a complete graceful shutdown.
-CLEAN_EXIT = (0, -signal.SIGINT, 128 + signal.SIGINT)
+#: Exit statuses of a clean stop: uvicorn re-raises the signal it handled once it has shut
+#: down, so a process may end "killed by SIGINT/SIGTERM" after a complete graceful shutdown.
+CLEAN_EXIT = (0, -signal.SIGINT, 128 + signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -192,12 +197,39 @@ def uvicorn_command(factory: str, port: int, *options: str) -> list[str]:
 
 def app_command(server: str, factory: str, port: int, *, graceful: bool) -> list[str]:
     """The command line that serves ``tests.apps:<factory>`` with ``server`` on ``port``."""
-    if server not in SERVERS:
-        raise ValueError(f"unknown server {server!r}; one of {SERVERS}")
+    if server not in (*LIFECYCLE_SERVERS, "granian"):
+        raise ValueError(f"unknown server {server!r}; one of {LIFECYCLE_SERVERS}")
     if graceful:
         return [sys.executable, str(APPS), server, factory, "--port", str(port)]
     if server == "uvicorn":
         return uvicorn_command(f"tests.apps:{factory}", port)
+    if server == "gunicorn":
+        return [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--worker-class",
+            "uvicorn.workers.UvicornWorker",
+            "--workers",
+            "1",
+            "--bind",
+            f"127.0.0.1:{port}",
+            f"tests.apps:{factory}()",
+        ]
+    if server == "granian":
+        return [
+            sys.executable,
+            "-m",
+            "granian",
+            "--interface",
+            "asgi",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--factory",
+            f"tests.apps:{factory}",
+        ]
     # --workers 0: serve in this process rather than in a spawned worker, so SIGINT
     # reaches the server directly and a kill leaves no orphan behind.
     return [

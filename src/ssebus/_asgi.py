@@ -13,6 +13,7 @@ import anyio
 
 from ._exceptions import ClosedError, ConfigurationError
 from ._protocols import SseBroadcaster
+from ._shutdown import SignalChain
 from ._subscription import Subscription
 from ._types import Message, Receive, Scope, Send
 
@@ -84,6 +85,7 @@ class SseEndpoint:
         authorize: Authorize | None = None,
         last_event_id_param: str | None = "lastEventId",
         shutdown_grace: float = 1.0,
+        stop_on_signals: bool = True,
     ) -> None:
         if retry is not None and (
             isinstance(retry, bool) or not isinstance(retry, int) or retry < 0
@@ -94,13 +96,21 @@ class SseEndpoint:
         self.authorize = authorize
         self.last_event_id_param = last_event_id_param
         self.shutdown_grace = shutdown_grace
+        self._said_not_running = False
+        #: On SIGINT/SIGTERM the broadcaster closes its streams, so the server's graceful
+        #: shutdown, which waits for open responses, can finish (see ``_shutdown``).
+        self._signals = SignalChain(self._close_soon) if stop_on_signals else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
+        if scope["type"] == "websocket":
+            await _refuse_websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
-            raise ConfigurationError("scope type", scope["type"], "SseEndpoint serves HTTP only")
+            logger.debug("ignored an ASGI %r scope: SseEndpoint serves HTTP", scope["type"])
+            return
         method = scope["method"]
         if method not in ("GET", "HEAD"):
             await _respond(send, 405, "Method Not Allowed", [(b"allow", b"GET, HEAD")])
@@ -124,6 +134,8 @@ class SseEndpoint:
                 await _respond(send, 500, "Internal Server Error")
                 return
             subscription = decision
+        if self._signals is not None:
+            self._signals.ensure()
         if method == "HEAD":
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -137,10 +149,23 @@ class SseEndpoint:
             )
             await self._stream(connect, send)
         except ClosedError:
+            self._not_running()
             await _respond(send, 503, "Service Unavailable", [(b"retry-after", b"5")])
+
+    def _not_running(self) -> None:
+        """Say once, until a stream is served again, why every request gets a 503."""
+        if self._said_not_running:
+            logger.debug("the broadcaster is not running; answered 503")
+            return
+        self._said_not_running = True
+        logger.warning(
+            "SseEndpoint answers 503: the Broadcaster is not running (not started, or "
+            "stopped): wire its lifespan (see README), or run SseEndpoint as the top-level app"
+        )
 
     async def _stream(self, connect: AbstractAsyncContextManager[Any], send: Send) -> None:
         async with connect as connection:
+            self._said_not_running = False
 
             def write(data: bytes) -> Awaitable[None]:
                 # Not a coroutine of its own: one object fewer per write.
@@ -156,6 +181,13 @@ class SseEndpoint:
                 if not connection.aborted:
                     with anyio.move_on_after(self.shutdown_grace, shield=True):
                         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _close_soon(self, then: Callable[[], object]) -> None:
+        close_soon = getattr(self.broadcaster, "close_soon", None)
+        if close_soon is not None:
+            close_soon(then)
+        else:
+            then()
 
     def _last_event_id(self, scope: Scope) -> str | None:
         for name, value in scope.get("headers", ()):
@@ -181,7 +213,11 @@ class SseEndpoint:
             await send({"type": "lifespan.startup.failed", "message": repr(exc)})
             return
         await send({"type": "lifespan.startup.complete"})
+        if self._signals is not None:
+            self._signals.ensure()
         message = await receive()
+        if self._signals is not None:
+            self._signals.restore()
         await manager.__aexit__(None, None, None)
         await send({"type": "lifespan.shutdown.complete"})
 
@@ -194,6 +230,37 @@ async def _lifespan_passthrough(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+#: What a refused websocket upgrade is told, where the server lets the app answer in HTTP.
+WEBSOCKET_REFUSAL = b"SseEndpoint serves Server-Sent Events over HTTP, not websockets"
+
+
+async def _refuse_websocket(scope: Scope, receive: Receive, send: Send) -> None:
+    """Refuse a websocket before accepting it: a 403 where the server lets the app answer
+    in HTTP (the ``websocket.http.response`` extension), else a close with 1008 (policy
+    violation), which servers answer the handshake with as a 403."""
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return  # gone already
+    logger.debug("refused a websocket to %r: SseEndpoint serves HTTP only", scope.get("path"))
+    try:
+        if "websocket.http.response" in (scope.get("extensions") or {}):
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": 403,
+                    "headers": [
+                        (b"content-type", b"text/plain; charset=utf-8"),
+                        (b"content-length", str(len(WEBSOCKET_REFUSAL)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "websocket.http.response.body", "body": WEBSOCKET_REFUSAL})
+        else:
+            await send({"type": "websocket.close", "code": 1008, "reason": ""})
+    except OSError:
+        pass  # the client went away meanwhile
 
 
 async def _respond(

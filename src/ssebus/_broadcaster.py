@@ -7,7 +7,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
 from typing import Literal
@@ -147,7 +147,7 @@ class Broadcaster:
         self._codec: PositionCodec | None = None
         self._latest = 0
         self._connection_ids = itertools.count(1)
-        self._state: Literal["new", "running", "closing", "closed"] = "new"
+        self._state: Literal["new", "starting", "running", "closing", "closed"] = "new"
         self._stack = AsyncExitStack()
         self._unsubscribe: list[Unsubscribe] = []
         self._drained = anyio.Event()
@@ -158,9 +158,36 @@ class Broadcaster:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        if self._state != "new":
-            raise ClosedError("a Broadcaster can be started once")
-        tasks = await self._stack.enter_async_context(anyio.create_task_group())
+        """Start a run: a first one, or a new one after a clean stop (a second
+        ``TestClient(app)``, a restart in process). Of an earlier run only the settings,
+        the metrics and the connection numbering are kept; its history is forgotten."""
+        if self._state in ("starting", "running", "closing"):
+            raise ClosedError(
+                f"the Broadcaster is already {self._state}: leave its 'async with' "
+                "(or its lifespan) before starting it again"
+            )
+        stopped = self._state
+        self._state = "starting"
+        self._stack = AsyncExitStack()
+        self._unsubscribe = []
+        self._drained = anyio.Event()
+        self._heartbeat_scope = None
+        self._background = None
+        self._codec = None
+        self._latest = 0
+        self._replay.limiter = anyio.CapacityLimiter(self._replay.limiter.total_tokens)
+        try:
+            tasks = await self._stack.enter_async_context(anyio.create_task_group())
+            self._stack.callback(tasks.cancel_scope.cancel)
+            return await self._start(tasks)
+        except BaseException:
+            for unsubscribe in self._unsubscribe:
+                unsubscribe()
+            self._state = stopped
+            await self._stack.aclose()
+            raise
+
+    async def _start(self, tasks: anyio.abc.TaskGroup) -> Self:
         self._background = Background(tasks)
         self._stack.push_async_callback(self._background.aclose)
         bus = self.bus
@@ -182,6 +209,9 @@ class Broadcaster:
             tasks.start_soon(self._heartbeat_loop, self.heartbeat)
         if self.write_timeout is not None:
             tasks.start_soon(self._write_watchdog, self.write_timeout)
+        self._close_requested = anyio.Event()
+        self._then_closed: Callable[[], object] | None = None
+        tasks.start_soon(self._close_when_asked, self._close_requested)
         self._tasks = tasks
         return self
 
@@ -219,6 +249,23 @@ class Broadcaster:
             for connection in self.registry.snapshot():
                 connection.abort("server shut down before the stream ended")
                 self.registry.remove(connection.id)
+
+    def close_soon(self, then: Callable[[], object] | None = None) -> None:
+        """Begin :meth:`aclose` soon, and call ``then()`` once it is done; for a plain
+        callback on the event loop (a signal handler's) that can neither await nor start a
+        task."""
+        if self._state == "running":
+            self._then_closed = then
+            self._close_requested.set()
+        elif then is not None:
+            then()
+
+    async def _close_when_asked(self, asked: anyio.Event) -> None:
+        await asked.wait()
+        await self.aclose()
+        then, self._then_closed = self._then_closed, None
+        if then is not None:
+            then()
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -390,20 +437,25 @@ class Broadcaster:
             # After a log reset the ticks start again and the bus has a new key, so that
             # ids of the old log resume no one in the new one.
             self._codec = PositionCodec(self.bus.position_secret())
+        rewind = position < self._latest  # the log was reset: its ticks start again
         self._latest = position
         start = getattr(self.history, "start", None)
         if start is not None:
             start(position)
-        resets: dict[str | None, bytes] = {}
+        resets: dict[tuple[str | None, int], bytes] = {}
         for connection in self.registry.snapshot():
             view = connection.subscription.tenant
-            data = resets.get(view)
-            if data is None:
-                data = resets[view] = self._reset(view, position, "", "events-lost")
+
+            def frame(at: int, view: str | None = view) -> bytes:
+                data = resets.get((view, at))
+                if data is None:
+                    data = resets[view, at] = self._reset(view, at, "", "events-lost")
+                return data
+
             if not connection.catching_up:
                 self._metrics.resets += 1
                 self._metrics.emit("resets", 1)
-            connection.reset(data, "events-lost", position)
+            connection.reset("events-lost", position, rewind, frame)
 
     async def _heartbeat_loop(self, interval: float) -> None:
         style = self.heartbeat_style

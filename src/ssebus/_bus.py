@@ -200,8 +200,10 @@ class InMemoryEventBus(EventBusBase):
     The handlers of one event run concurrently and ``publish`` returns once they all have
     finished; each gets at most ``handler_timeout`` seconds (None: no limit). A handler that
     raises or overruns is logged with the event type; the others and the publisher carry on.
-    Publishing an event nobody subscribed to does nothing. A publish given an
-    ``idempotency_key`` already seen in the last ``dedupe_window`` seconds does nothing.
+    Publishing an event nobody subscribed to does nothing but log it: a warning the first
+    time for each event type (usually the broadcaster is not running yet), then at debug
+    level. A publish given an ``idempotency_key`` already seen in the last
+    ``dedupe_window`` seconds does nothing.
     """
 
     def __init__(
@@ -210,6 +212,8 @@ class InMemoryEventBus(EventBusBase):
         super().__init__(handler_timeout=handler_timeout)
         self._dedupe = IdempotencyWindow(dedupe_window)
         self._closed = False
+        #: Event types published while nobody subscribed to them, each warned about once.
+        self._unheard: set[type[Any]] = set()
 
     async def __aenter__(self) -> Self:
         return self
@@ -229,4 +233,16 @@ class InMemoryEventBus(EventBusBase):
         if idempotency_key is not None and not self._dedupe.first_time(idempotency_key):
             logger.debug("publish with idempotency key %r already done; skipped", idempotency_key)
             return
+        if not self._subscribers.handlers_for(type(event)):
+            self._unheard_of(type(event))
+            return
         await self.deliver(event)
+
+    def _unheard_of(self, event_type: type[Any]) -> None:
+        level = logging.DEBUG if event_type in self._unheard else logging.WARNING
+        self._unheard.add(event_type)
+        logger.log(
+            level,
+            "nobody subscribes to %s: is the Broadcaster running? The event was dropped",
+            event_type.__name__,
+        )

@@ -45,8 +45,9 @@ class SseConnection:
         "_writing_since",
         "close_reason",
         "id",
+        "max_write",
         "outbox",
-        "_skip_through",
+        "position",
         "write_timeout",
     )
 
@@ -60,6 +61,7 @@ class SseConnection:
         subscription: Subscription = EVERYTHING,
         expired: bytes = b"",
         max_bytes: int = 1 << 20,
+        max_write: int = 64 << 10,
     ) -> None:
         self.id = connection_id
         self._subscription = subscription
@@ -68,10 +70,11 @@ class SseConnection:
         self.write_timeout = write_timeout
         #: Why the connection closed, once it has (``"client disconnected"``, ...).
         self.close_reason: str | None = None
-        #: Live frames up to this tick were given already (rule 5 of ``_resume``); 0 once
-        #: a later one came, since live frames come in tick order.
-        self._skip_through = 0
+        #: The tick of the newest frame handed to this client (rule 5 of ``_resume``).
+        self.position = 0
         self.outbox = Outbox(max_queue, max_bytes)
+        #: Bytes one write may carry (at least one frame): queued frames beyond go next.
+        self.max_write = max_write
         self._metrics = metrics
         self._closing = False
         self._aborted = False
@@ -121,7 +124,7 @@ class SseConnection:
     ) -> None:
         """Begin LIVE at ``position`` after ``prelude``, or HELD with ``handover``."""
         self._prelude = prelude
-        self._skip_through = position
+        self.position = position
         self._handover = handover
         self._replay = replay
 
@@ -133,12 +136,11 @@ class SseConnection:
         if handover is not None:
             handover.hold(self, frame)
             return
-        if self._skip_through:  # rule 5
-            tick = frame.tick
-            if tick is not None:
-                if tick <= self._skip_through:
-                    return
-                self._skip_through = 0
+        tick = frame.tick  # rule 5
+        if tick is not None:
+            if tick <= self.position:
+                return
+            self.position = tick
         self.outbox.put_nowait(frame.data)
 
     def control(self, data: bytes) -> None:
@@ -146,15 +148,21 @@ class SseConnection:
         if not self._closing:
             self.outbox.put_control(data)
 
-    def reset(self, data: bytes, reason: str, position: int) -> None:
-        """A bus gap: queue ``data`` (a reset moving the client to ``position``)."""
+    def reset(
+        self, reason: str, position: int, rewind: bool, frame: Callable[[int], bytes]
+    ) -> None:
+        """A bus gap: queue a reset (``frame(position)``) that moves the client to
+        ``position``, or to where it already is if that is further (unless the log was
+        reset and its ticks start again: ``rewind``)."""
         if self._closing:
             return
         if self._handover is not None:
-            self._handover.pending_reset = (reason, position)
+            self._handover.pending_reset = (reason, position, rewind)
             return
-        self.outbox.put_control(data)
-        self._skip_through = 0  # what comes after a gap is new, even where ticks start again
+        if not rewind:
+            position = max(position, self.position)
+        self.outbox.put_control(frame(position))
+        self.position = position
 
     def close(self, reason: str, *, final: bytes = b"") -> None:
         """Close the stream gracefully: queued frames, then ``final``, are still written
@@ -231,7 +239,7 @@ class SseConnection:
                 if self._prelude and not await self.send(write, self._prelude, 0):
                     return
                 self._prelude = b""
-                self._skip_through = await handover.catch_up(self, self._replay, write)
+                self.position = await handover.catch_up(self, self._replay, write)
                 self._handover = None
             expires_at = self.subscription.expires_at
             if expires_at is None:
@@ -255,7 +263,7 @@ class SseConnection:
             if remaining is not None and anyio.current_time() >= deadline:
                 return False
             if len(outbox) or self._prelude:
-                batch, events = outbox.take()
+                batch, events = outbox.take(self.max_write)
                 if self._prelude:
                     data = self._prelude + b"".join(batch)
                     self._prelude = b""

@@ -13,6 +13,12 @@ class OutboxFull(Exception):
     """A frame did not fit: the client is not keeping up (anyio's ``WouldBlock`` idiom)."""
 
 
+class _Control(bytes):
+    """A frame that is no event: outside the byte bound, not counted in ``frames_sent``."""
+
+    __slots__ = ()
+
+
 class Outbox:
     """Encoded frames waiting for one writer, at most ``max_frames`` and ``max_bytes``.
 
@@ -22,7 +28,16 @@ class Outbox:
     swaps everything out at once with :meth:`take`: one wake-up, one write.
     """
 
-    __slots__ = ("_spare", "controls", "frames", "max_bytes", "max_frames", "room_bytes", "waiter")
+    __slots__ = (
+        "_spare",
+        "control_bytes",
+        "controls",
+        "frames",
+        "max_bytes",
+        "max_frames",
+        "room_bytes",
+        "waiter",
+    )
 
     def __init__(self, max_frames: int, max_bytes: int) -> None:
         self.max_frames = max_frames
@@ -31,7 +46,7 @@ class Outbox:
         self._spare: list[bytes] = []  # two lists take turns: none is made per write
         #: How many bytes more may be queued, and how many of ``frames`` are control frames.
         self.room_bytes = max_bytes
-        self.controls = 0
+        self.controls = self.control_bytes = 0
         self.waiter: Waiter | None = None
 
     def __len__(self) -> int:
@@ -50,25 +65,44 @@ class Outbox:
 
     def put_control(self, data: bytes) -> None:
         """Queue a frame that is not an event, whatever the bounds."""
-        self.frames.append(data)
+        self.frames.append(_Control(data))
         self.controls += 1
+        self.control_bytes += len(data)
         if self.waiter is not None:
             self.wake()
 
     def clear(self) -> None:
         """Forget every queued frame."""
         self.frames.clear()
-        self.room_bytes, self.controls = self.max_bytes, 0
+        self.room_bytes, self.controls, self.control_bytes = self.max_bytes, 0, 0
 
-    def take(self) -> tuple[list[bytes], int]:
-        """Everything queued, oldest first, and how many of it are events. The list is
-        reused: the caller is done with it before the next ``take``."""
+    def take(self, max_write: int) -> tuple[list[bytes], int]:
+        """The oldest frames, about ``max_write`` bytes of them (at least one), and how many
+        of them are events. A write that size leaves the server's flow control in charge
+        and bounds what a stalled socket can pin. The list is reused: the caller is done
+        with it before the next ``take``."""
         batch = self.frames
-        events = len(batch) - self.controls
-        self._spare.clear()
-        self.frames, self._spare = self._spare, batch
-        self.room_bytes, self.controls = self.max_bytes, 0
-        return batch, events
+        if self.max_bytes - self.room_bytes + self.control_bytes <= max_write:  # all of it
+            events = len(batch) - self.controls
+            self._spare.clear()
+            self.frames, self._spare = self._spare, batch
+            self.room_bytes, self.controls, self.control_bytes = self.max_bytes, 0, 0
+            return batch, events
+        size = count = controls = control_bytes = 0
+        for data in batch:
+            if count and size + len(data) > max_write:
+                break
+            size += len(data)
+            count += 1
+            if isinstance(data, _Control):
+                controls += 1
+                control_bytes += len(data)
+        taken = batch[:count]
+        del batch[:count]
+        self.controls -= controls
+        self.control_bytes -= control_bytes
+        self.room_bytes += size - control_bytes
+        return taken, count - controls
 
     def waiting(self) -> Awaitable[object]:
         """What the writer awaits until a frame is queued or :meth:`wake` is called."""
@@ -85,4 +119,4 @@ class Outbox:
         """Free the queue once nothing will run the connection any more."""
         self.frames = []
         self._spare = []
-        self.room_bytes, self.controls = self.max_bytes, 0
+        self.room_bytes, self.controls, self.control_bytes = self.max_bytes, 0, 0

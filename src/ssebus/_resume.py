@@ -24,10 +24,11 @@ Rules:
    the connection turns LIVE at position ``max(cursor, newest held tick, newest tick)``
    (whatever lies before it was replayed, held, or not for this client), and is handed a
    token of that position after the held frames if the last frame it got carried another.
-5. LIVE: a frame whose tick is at or before the position it went LIVE at is dropped (a
-   replay from an instance whose reader was ahead already gave it); live frames come in
-   tick order, so once one is past it nothing more is checked. A frame without a tick
-   (ephemeral) is always queued. A full outbox evicts the connection.
+5. LIVE: a frame whose tick is at or before the position is dropped (the replay, or an
+   instance whose reader was ahead, already gave it); otherwise it is queued and the
+   position moves to its tick. A frame without a tick (ephemeral) is queued, moving nothing.
+   A full outbox evicts the connection. A bus gap moves the position forward, never back,
+   unless the log itself was reset and its ticks start again.
 6. An id that decodes to nothing for this connection's views, a source that no longer
    covers the cursor, or more than ``max_replay`` frames: a ``reset`` event carrying a token
    of the position it moves the client to, the newest tick now; what was held is dropped (the
@@ -146,8 +147,8 @@ class Handover:
         self.last_event_id = last_event_id
         self.held_low: int | None = None
         self.held_high = 0
-        #: Set by a bus gap during the catch-up: (reason, position).
-        self.pending_reset: tuple[str, int] | None = None
+        #: Set by a bus gap during the catch-up: (reason, position, rewind).
+        self.pending_reset: tuple[str, int, bool] | None = None
 
     def hold(self, connection: SseConnection, frame: Frame) -> None:
         """Rule 3: queue a live frame the replay will not give."""
@@ -217,7 +218,9 @@ class Handover:
             connection.outbox.clear()  # rule 7
             return cursor or 0
         if self.pending_reset is not None:
-            reason, position = self.pending_reset
+            reason, position, rewind = self.pending_reset
+            if not rewind:
+                position = max(position, self.cursor or 0)
             return self._reset(connection, replay, reason, position)
         return self._reset(connection, replay, "not-in-history")
 

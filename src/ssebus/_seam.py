@@ -14,7 +14,7 @@ from typing import Any, Union
 import anyio
 import anyio.abc
 
-__all__ = ["Background", "Waiter", "new_waiter", "wake"]
+__all__ = ["Background", "Waiter", "new_waiter", "soon_from_anywhere", "wake"]
 
 
 def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
@@ -82,3 +82,14 @@ class Background:
                 for task in self._running:
                     task.cancel()
                 await asyncio.wait(self._running)
+
+
+def soon_from_anywhere() -> Callable[[Callable[[], object]], object]:
+    """A function that runs a callback soon on the current event loop, safe to call from a
+    signal handler or another thread (asyncio's ``call_soon_threadsafe``, trio's token)."""
+    loop = _asyncio_loop()
+    if loop is not None:
+        return loop.call_soon_threadsafe
+    import trio  # only reached under trio
+
+    return trio.lowlevel.current_trio_token().run_sync_soon
