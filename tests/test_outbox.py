@@ -3,10 +3,13 @@ is put in, and the writer takes frames back in order, in writes of bounded size.
 
 from __future__ import annotations
 
+import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tenants import Noted, noted_events
 
+from ssebus import Broadcaster, InMemoryEventBus
 from ssebus._outbox import Outbox, OutboxFull
 
 frames = st.lists(
@@ -64,3 +67,24 @@ def test_the_frame_bound_holds_and_control_frames_pass_it() -> None:
         outbox.put_nowait(b"data: x\n\n")
     outbox.put_control(b": ping\n\n")  # a ping still goes in
     assert outbox.take(1 << 20)[1] == 3
+
+
+@pytest.mark.anyio
+async def test_a_backlog_reaches_the_client_in_writes_of_at_most_max_write_bytes() -> None:
+    writes: list[bytes] = []
+
+    async def write(data: bytes) -> None:
+        writes.append(data)
+
+    async with (
+        InMemoryEventBus() as bus,
+        Broadcaster(bus, noted_events(), heartbeat=None, max_write_bytes=1_000) as broadcaster,
+    ):
+        async with broadcaster.connect() as connection:
+            for n in range(100):  # queued before the writer starts: one backlog
+                await bus.publish(Noted(n))
+            with anyio.move_on_after(0.2):
+                await connection.run(write)
+    assert len(writes) > 1
+    assert all(len(data) <= 1_000 for data in writes)
+    assert b"".join(writes).count(b"event: noted\n") == 100

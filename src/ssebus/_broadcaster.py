@@ -69,7 +69,8 @@ class Broadcaster:
       (beyond: a ``reset``).
     * ``heartbeat`` is the ping interval in seconds (None: off): ``: ping`` by default,
       ``event: ping`` (no id, so it never moves the client's position) with ``"event"``.
-    * ``max_queue`` frames and ``max_queue_bytes`` bytes may wait per connection; a client
+    * ``max_queue`` frames and ``max_queue_bytes`` bytes may wait per connection, written
+      at most ``max_write_bytes`` at a time (so the server's flow control applies); a client
       further behind is evicted and resumes when it reconnects. ``write_timeout`` bounds
       one write.
     * On shutdown each connection gets a final ``retry:`` drawn from ``reconnect_jitter``
@@ -89,6 +90,7 @@ class Broadcaster:
         heartbeat_style: HeartbeatStyle = "comment",
         max_queue: int = 1024,
         max_queue_bytes: int = 4 << 20,
+        max_write_bytes: int = 64 << 10,
         write_timeout: float | None = 10.0,
         shutdown_timeout: float = 5.0,
         reconnect_jitter: tuple[int, int] = (1000, 5000),
@@ -104,6 +106,7 @@ class Broadcaster:
         for setting, value in (
             ("max_queue", max_queue),
             ("max_queue_bytes", max_queue_bytes),
+            ("max_write_bytes", max_write_bytes),
             ("max_replay", max_replay),
             ("replay_page", replay_page),
             ("replay_concurrency", replay_concurrency),
@@ -127,6 +130,7 @@ class Broadcaster:
         self.heartbeat_style = heartbeat_style
         self.max_queue = max_queue
         self.max_queue_bytes = max_queue_bytes
+        self.max_write_bytes = max_write_bytes
         self.write_timeout = write_timeout
         self.shutdown_timeout = shutdown_timeout
         self.reconnect_jitter = reconnect_jitter
@@ -513,6 +517,7 @@ class Broadcaster:
             connection_id or f"conn-{next(self._connection_ids)}",
             max_queue=self.max_queue,
             max_bytes=self.max_queue_bytes,
+            max_write=self.max_write_bytes,
             write_timeout=self.write_timeout,
             metrics=self._metrics,
             subscription=subscription,
