@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -44,6 +45,33 @@ async def raw_client(url: str = REDIS_URL) -> AsyncIterator[coredis.Redis[str]]:
 
     async with coredis.Redis.from_url(url, decode_responses=True) as client:
         yield client
+
+
+async def delete_bus(redis: coredis.Redis[str], name: str) -> None:
+    """Delete every key of the bus ``name`` (all under its hash tag)."""
+    keys = [key async for key in redis.scan_iter(match=f"{{{name}}}:*")]
+    if keys:
+        await redis.delete(keys)
+
+
+@asynccontextmanager
+async def fresh_bus_names(prefix: str) -> AsyncIterator[Callable[[], str]]:
+    """Makes bus names ``<prefix><random>`` on ``REDIS_URL``; on exit every key of theirs
+    is deleted."""
+    made: list[str] = []
+
+    def new() -> str:
+        made.append(f"{prefix}{uuid.uuid4().hex}")
+        return made[-1]
+
+    try:
+        yield new
+    finally:
+        with anyio.CancelScope(shield=True):
+            if made and reachable(REDIS_URL):
+                async with raw_client() as redis:
+                    for name in made:
+                        await delete_bus(redis, name)
 
 
 async def eventually(condition: Callable[[], bool], within: float = 5.0) -> None:

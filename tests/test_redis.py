@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -28,8 +27,10 @@ from clients import Client, join, leave
 from redis_support import (
     REDIS_URL,
     RedisServer,
+    delete_bus,
     eventually,
     free_port,
+    fresh_bus_names,
     publish_when_back,
     raw_client,
     reachable,
@@ -109,13 +110,6 @@ def order_shipped(event: OrderShipped) -> dict[str, Any]:
 _swept = False
 
 
-async def delete_bus(redis: coredis.Redis[str], name: str) -> None:
-    """Delete every key of the bus ``name`` (all under its hash tag)."""
-    keys = [key async for key in redis.scan_iter(match=f"{{{name}}}:*")]
-    if keys:
-        await redis.delete(keys)
-
-
 async def sweep_leftovers(redis: coredis.Redis[str]) -> None:
     """Delete the buses earlier runs left behind: a name of ours whose keys all went
     untouched for ``LEFTOVER_IDLE`` seconds (a running test touches some every second)."""
@@ -133,22 +127,12 @@ async def sweep_leftovers(redis: coredis.Redis[str]) -> None:
 async def names() -> AsyncIterator[Callable[[], str]]:
     """Fresh bus names on ``REDIS_URL``; every key of theirs is deleted afterwards."""
     global _swept
-    made: list[str] = []
     if not _swept and reachable(REDIS_URL):
         _swept = True
         async with raw_client() as redis:
             await sweep_leftovers(redis)
-
-    def new() -> str:
-        made.append(f"{PREFIX}{uuid.uuid4().hex}")
-        return made[-1]
-
-    yield new
-    with anyio.CancelScope(shield=True):
-        if made and reachable(REDIS_URL):
-            async with raw_client() as redis:
-                for name in made:
-                    await delete_bus(redis, name)
+    async with fresh_bus_names(PREFIX) as new:
+        yield new
 
 
 def make_bus(mode: Mode, name: str, url: str = REDIS_URL, **options: Any) -> RedisEventBus:

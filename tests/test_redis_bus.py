@@ -8,7 +8,6 @@ frozen with SIGSTOP); the others use ``REDIS_URL`` and delete the keys they crea
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,9 +21,9 @@ from redis_support import (
     RedisServer,
     eventually,
     free_port,
+    fresh_bus_names,
     publish_when_back,
     raw_client,
-    reachable,
     redis_server_fixture,  # noqa: F401 - the redis_server fixture
 )
 
@@ -54,20 +53,8 @@ def tenant_of(event: object) -> str | None:
 @pytest.fixture
 async def names() -> AsyncIterator[Callable[[], str]]:
     """Fresh bus names; every key under their hash tags is deleted afterwards."""
-    made: list[str] = []
-
-    def new() -> str:
-        made.append(f"ssebus-test-{uuid.uuid4().hex}")
-        return made[-1]
-
-    yield new
-    with anyio.CancelScope(shield=True):
-        if made and reachable(REDIS_URL):
-            async with raw_client() as redis:
-                for name in made:
-                    keys = [key async for key in redis.scan_iter(match=f"{{{name}}}:*")]
-                    if keys:
-                        await redis.delete(keys)
+    async with fresh_bus_names("ssebus-test-") as new:
+        yield new
 
 
 def make_bus(mode: Mode, name: str, url: str = REDIS_URL, **options: Any) -> RedisEventBus:
