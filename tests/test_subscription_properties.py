@@ -33,12 +33,11 @@ from dataclasses import dataclass, field
 
 import anyio
 import anyio.abc
-import coredis
 import pytest
 from clients import GUARD, Client, broadcasting, join, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from redis_support import REDIS_URL
+from redis_support import REDIS_URL, delete_bus, raw_client
 
 from ssebus import (
     Broadcaster,
@@ -407,9 +406,7 @@ async def test_on_a_redis_stream_live_and_resuming_connections_get_exactly_their
                 )
                 await wait_until(lambda: all(s.complete(events, ids) for s in live + resuming))
     finally:
-        async with coredis.Redis.from_url(REDIS_URL, decode_responses=True) as redis:
-            keys = [key async for key in redis.scan_iter(match=f"{{{name}}}:*")]
-            if keys:
-                await redis.delete(keys)
+        async with raw_client() as redis:
+            await delete_bus(redis, name)
     for stream in live + resuming:
         assert stream.received() == stream.expected(events, ids)

@@ -50,14 +50,13 @@ from urllib.parse import parse_qs
 import anyio
 import anyio.abc
 import clients as simulated
-import coredis
 import httpx
 import pytest
 from clients import GUARD, running, wait_until
 from encoders import CountingEncoder
 from httpx_sse import ServerSentEvent as ReceivedSse
 from httpx_sse import aconnect_sse
-from redis_support import REDIS_URL
+from redis_support import REDIS_URL, fresh_bus_names
 from servers import ROOT, ServerProcess, free_port, run_server, uvicorn_command
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -1183,15 +1182,10 @@ async def test_expiry_over_a_real_server_ends_the_stream_with_credentials_expire
 @pytest.fixture
 async def redis_instances(need_redis: None) -> AsyncIterator[Sequence[ServerProcess]]:
     """Two servers of ``tenant_app`` on one fresh Redis stream, deleted afterwards."""
-    stream = f"ssebus-test-{uuid.uuid4().hex}"
-    try:
+    async with fresh_bus_names("ssebus-test-") as new_name:
+        stream = new_name()
         with ExitStack() as servers:
             yield [servers.enter_context(serve_tenant_app({STREAM_ENV: stream})) for _ in "ab"]
-    finally:
-        async with coredis.Redis.from_url(REDIS_URL, decode_responses=True) as redis:
-            keys = [key async for key in redis.scan_iter(match=f"{{{stream}}}:*")]
-            if keys:
-                await redis.delete(keys)
 
 
 async def test_tenants_stay_apart_across_two_instances_sharing_a_redis_stream(
