@@ -8,6 +8,7 @@ position marker, ping or reset - may carry an id another tenant's client receive
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Sequence
 
 import pytest
 from clients import join, leave, running, wait_until
@@ -15,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tenants import Noted, noted_events, numbers
 
-from ssebus import Subscription
+from ssebus import InMemoryClientRegistry, SseConnection, Subscription
 from ssebus._position import PositionCodec
 
 pytestmark = pytest.mark.anyio
@@ -177,3 +178,35 @@ def test_a_tampered_token_decodes_to_nothing(
 def test_any_string_decodes_to_a_tick_or_nothing_never_an_error(junk: str) -> None:
     result = PositionCodec(b"k" * 32).tick([None, "a"], junk)
     assert result is None or isinstance(result, int)
+
+
+class OwnRegistry:
+    """A registry of the user's own: only the ``ISseClientRegistry`` methods."""
+
+    def __init__(self) -> None:
+        self._inner = InMemoryClientRegistry()
+
+    def add(self, connection: SseConnection) -> None:
+        self._inner.add(connection)
+
+    def remove(self, connection_id: str) -> SseConnection | None:
+        return self._inner.remove(connection_id)
+
+    def snapshot(self) -> Sequence[SseConnection]:
+        return self._inner.snapshot()
+
+    def select(self, tenant: str | None, topics: Collection[str]) -> Sequence[SseConnection]:
+        return self._inner.select(tenant, topics)
+
+    def __len__(self) -> int:
+        return len(self._inner)
+
+
+async def test_with_a_registry_of_ones_own_tenants_still_get_ids_of_their_own() -> None:
+    async with running(noted_events(), registry=OwnRegistry()) as (bus, broadcaster, tasks):
+        a = await join(tasks, broadcaster, subscription=Subscription(tenant="a"))
+        b = await join(tasks, broadcaster, subscription=Subscription(tenant="b"))
+        await bus.publish(Noted(1))  # for everyone
+        await wait_until(lambda: numbers(a) == [1] and numbers(b) == [1])
+        assert a.events()[0].last_event_id != b.events()[0].last_event_id
+        assert not a.ids() & b.ids()

@@ -373,17 +373,21 @@ class Broadcaster:
         registry = self.registry
         if frame.tick is not None:
             self.history.append(frame)
-            if (
-                frame.tenant is None
-                and isinstance(registry, InMemoryClientRegistry)
-                and registry.tenants()
-            ):
-                # A tenant-less frame: each tenant's clients get an id of their own.
+        if frame.tick is None or frame.tenant is not None:
+            self._offer(frame, registry.select(frame.tenant, frame.topics))
+        elif isinstance(registry, InMemoryClientRegistry):
+            # A tenant-less frame: each tenant's clients get an id of their own.
+            if registry.tenants():
                 for view, targets in registry.select_views(frame.topics):
                     self._offer(frame.in_view(view, self._token), targets)
-                self._published(started)
-                return
-        self._offer(frame, registry.select(frame.tenant, frame.topics))
+            else:
+                self._offer(frame, registry.select(None, frame.topics))
+        else:  # another registry: the same per-tenant ids, grouped here
+            groups: dict[str | None, list[SseConnection]] = {}
+            for connection in registry.select(None, frame.topics):
+                groups.setdefault(connection.subscription.tenant, []).append(connection)
+            for view, targets in groups.items():
+                self._offer(frame.in_view(view, self._token), targets)
         self._published(started)
 
     def _offer(self, frame: Frame, targets: Sequence[SseConnection]) -> None:
