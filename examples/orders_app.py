@@ -363,22 +363,6 @@ def build_app(
     return app
 
 
-async def serve(app: Starlette, host: str, port: int) -> None:
-    """Run uvicorn; when it is asked to stop, end every stream first so it can exit at once."""
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
-    broadcaster: Broadcaster = app.state.broadcaster
-
-    async def close_streams_on_exit() -> None:
-        while not server.should_exit:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
-            await anyio.sleep(0.1)
-        await broadcaster.aclose()
-
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(close_streams_on_exit)
-        await server.serve()
-        tasks.cancel_scope.cancel()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -398,9 +382,10 @@ def main() -> None:
     else:
         app = build_app(simulate_orders=args.simulate)
     print(f"Live orders on http://{args.host}:{args.port}/  (Ctrl+C to stop)")
-    # uvicorn re-raises Ctrl+C once it has shut down cleanly; nothing is left to report.
+    # Nothing to do for Ctrl+C or SIGTERM: the endpoint ends every stream with a goodbye
+    # before uvicorn's own shutdown. uvicorn re-raises Ctrl+C once it has shut down.
     with contextlib.suppress(KeyboardInterrupt):
-        anyio.run(serve, app, args.host, args.port)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 
 
 if __name__ == "__main__":

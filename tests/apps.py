@@ -12,15 +12,17 @@ Factories:
   lifespan itself. Nothing publishes to it; it serves the protocol-level tests.
 * :func:`auth_app` - the same, with an ``authorize`` hook that wants ``Bearer good``.
 * :func:`starlette_app` / :func:`fastapi_app` - the endpoint mounted in a framework app, plus
-  ``POST /publish`` ``{"data": str, "event"?: str}`` (broadcast as is, answers ``{"id"}``,
-  the position token the frame was given), ``POST /domain`` ``{"text": str}`` (a domain
-  event published on the bus, mapped to a ``noted`` event; answers its ``{"id"}`` too),
+  ``POST /publish`` ``{"data": str, "event"?: str, "tenant"?: str}`` (broadcast as is,
+  answers ``{"id"}``, the position token the frame was given), ``POST /domain``
+  ``{"text": str}`` (a domain event published on the bus, mapped to a ``noted`` event;
+  answers its ``{"id"}`` too),
   ``POST /kick`` (aborts every stream) and ``GET /metrics``.
 * :func:`orders_app` - the demo of ``examples/orders_app.py`` plus ``POST /kick``;
   :func:`orders_app_short_history` the same keeping only the last 2 events per tenant, so
   a page that misses 3 gets a ``reset``.
 
-``SSEBUS_TEST_HEARTBEAT`` sets the heartbeat in seconds (``off``: none; default 15).
+``SSEBUS_TEST_HEARTBEAT`` sets the heartbeat in seconds (``off``: none; default 15);
+``SSEBUS_TEST_WRITE_TIMEOUT`` and ``SSEBUS_TEST_SHUTDOWN_TIMEOUT`` the broadcaster's.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import anyio
 from starlette.applications import Starlette
@@ -52,6 +55,7 @@ from ssebus import (
     Refusal,
     ServerSentEvent,
     SseEndpoint,
+    Subscription,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,6 +81,11 @@ def heartbeat_from_env() -> float | None:
     return None if value == "off" else float(value)
 
 
+def seconds_from_env(name: str, default: float) -> float:
+    """A broadcaster timeout a test sets through the environment (``SSEBUS_TEST_<NAME>``)."""
+    return float(os.environ.get(f"SSEBUS_TEST_{name.upper()}", default))
+
+
 def new_broadcaster() -> Broadcaster:
     # The server's output is shown when a test fails: let it tell each connection's story.
     logger = logging.getLogger("ssebus")
@@ -87,7 +96,13 @@ def new_broadcaster() -> Broadcaster:
         logger.setLevel(logging.INFO)
     events = EventMap()
     events.add(Noted, "noted", lambda event: {"text": event.text})
-    return Broadcaster(InMemoryEventBus(), events, heartbeat=heartbeat_from_env())
+    return Broadcaster(
+        InMemoryEventBus(),
+        events,
+        heartbeat=heartbeat_from_env(),
+        write_timeout=seconds_from_env("write_timeout", 10.0),
+        shutdown_timeout=seconds_from_env("shutdown_timeout", 5.0),
+    )
 
 
 def raw_app() -> SseEndpoint:
@@ -114,7 +129,8 @@ def control_routes(broadcaster: Broadcaster) -> list[Route]:
     async def publish(request: Request) -> Response:
         body = await request.json()
         frame = broadcaster.broadcast(
-            ServerSentEvent(data=body["data"], event=body.get("event", "note"))
+            ServerSentEvent(data=body["data"], event=body.get("event", "note")),
+            tenant=body.get("tenant"),
         )
         return JSONResponse({"id": frame.id})
 
@@ -155,12 +171,25 @@ def broadcaster_lifespan(
     return lifespan
 
 
+async def tenant_from_query(scope: MutableMapping[str, Any]) -> Subscription | None:
+    """``?tenant=NAME`` subscribes to that tenant's events (and those of no tenant); an
+    empty ``?tenant=`` makes the hook raise, as a buggy one would."""
+    query = parse_qs(bytes(scope.get("query_string", b"")).decode(), keep_blank_values=True)
+    if "tenant" not in query:
+        return None
+    tenant = query["tenant"][0]
+    if not tenant:
+        raise ValueError("tenant: empty")
+    return Subscription(tenant=tenant)
+
+
 def starlette_app() -> Starlette:
-    """The endpoint as a Starlette ``Route("/events", endpoint)``, plus control routes."""
+    """The endpoint as a Starlette ``Route("/events", endpoint)`` (``?tenant=`` picks a
+    tenant), plus control routes."""
     broadcaster = new_broadcaster()
     app = Starlette(
         routes=[
-            Route("/events", SseEndpoint(broadcaster, retry=RETRY_MS)),
+            Route("/events", SseEndpoint(broadcaster, retry=RETRY_MS, authorize=tenant_from_query)),
             *control_routes(broadcaster),
         ],
         lifespan=broadcaster_lifespan(broadcaster),

@@ -112,9 +112,15 @@ class ServerProcess:
             time.sleep(0.05)
 
     def interrupt(self) -> None:
-        """Send SIGINT (Ctrl+C) to the server process."""
+        """Send SIGINT to the server's process group, as Ctrl+C in a terminal does.
+
+        Not to the main process alone: gunicorn's master then asks its workers for a quick
+        shutdown with SIGQUIT, which uvicorn's worker ignores until the master kills it
+        after ``graceful_timeout`` (30 s), with or without ssebus (see the README).
+        """
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
+            with suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGINT)
 
     def wait_exit(self, timeout: float = STOP_TIMEOUT) -> int:
         """Wait for the process to exit; kill its process group after ``timeout`` seconds."""

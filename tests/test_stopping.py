@@ -11,47 +11,15 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import time
 
 import pytest
-from servers import LIFECYCLE_SERVERS, ServerProcess, serve_app
+from servers import LIFECYCLE_SERVERS, serve_app
+from sockets import open_stream, read_to_the_end
 
 #: Broadcaster.shutdown_timeout's default, plus the one second the issue allows.
 EXIT_WITHIN = 5.0 + 1.0
 CLIENTS = 5
-
-
-def open_stream(server: ServerProcess, path: str) -> socket.socket:
-    """A client that has sent its GET and read the response head."""
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-    sock.sendall(
-        f"GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\naccept: text/event-stream\r\n\r\n".encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(4096)
-        assert chunk, "the server closed the stream before its headers"
-        head += chunk
-    assert head.startswith(b"HTTP/1.1 200"), head
-    return sock
-
-
-def read_to_the_end(sock: socket.socket) -> bytes:
-    data = b""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            break
-        if not chunk:
-            break
-        data += chunk
-        if data.endswith(b"0\r\n\r\n"):
-            break
-    sock.close()
-    return data
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -62,7 +30,7 @@ def test_the_plain_server_command_stops_at_once_and_every_client_gets_its_goodby
 ) -> None:
     path = "/" if factory == "raw_app" else "/events"
     with serve_app(server, factory) as process:
-        clients = [open_stream(process, path) for _ in range(CLIENTS)]
+        clients = [open_stream(process.port, path) for _ in range(CLIENTS)]
         asked = time.monotonic()
         if signum == signal.SIGINT:  # Ctrl+C: the terminal signals the whole process group
             os.killpg(process.process.pid, signum)

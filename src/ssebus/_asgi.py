@@ -6,13 +6,16 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qs
 
 import anyio
 
+from ._connection import SseConnection
 from ._exceptions import ClosedError, ConfigurationError
 from ._protocols import SseBroadcaster
+from ._sever import sever
 from ._shutdown import SignalChain
 from ._subscription import Subscription
 from ._types import Message, Receive, Scope, Send
@@ -119,8 +122,8 @@ class SseEndpoint:
         if self.authorize is not None:
             try:
                 decision = await self.authorize(scope)
-            except Exception:
-                logger.exception("authorize hook failed; refusing the request")
+            except Exception as exc:  # one line, no traceback: any request could cause it
+                logger.error("authorize hook failed (%r); refused the request with 500", exc)
                 decision = Refusal(500, "Internal Server Error")
             if isinstance(decision, Refusal):
                 headers = [(k.lower().encode(), v.encode()) for k, v in decision.headers]
@@ -146,6 +149,7 @@ class SseEndpoint:
                 retry=self.retry,
                 subscription=subscription,
                 watch=receive,
+                on_stall=partial(_sever_stalled, scope),
             )
             await self._stream(connect, send)
         except ClosedError:
@@ -178,9 +182,17 @@ class SseEndpoint:
                 # Also when the server cancels us at shutdown: end the body properly. Not
                 # after an abort: the client is gone, or a stalled socket would hold the
                 # final write back for the whole grace period.
-                if not connection.aborted:
-                    with anyio.move_on_after(self.shutdown_grace, shield=True):
+                with anyio.move_on_after(self.shutdown_grace, shield=True):
+                    if not connection.aborted:
                         await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    elif connection.stalled:
+                        # Until the server has seen the reset (``_sever_stalled``): returning
+                        # first would leave it a response the app never finished, which it
+                        # reports as an error. Flags, not an Event: nothing more per stream.
+                        while connection.severed is None or (  # noqa: ASYNC110
+                            connection.severed and not connection.left
+                        ):
+                            await anyio.sleep(0.01)
 
     def _close_soon(self, then: Callable[[], object]) -> None:
         close_soon = getattr(self.broadcaster, "close_soon", None)
@@ -220,6 +232,12 @@ class SseEndpoint:
             self._signals.restore()
         await manager.__aexit__(None, None, None)
         await send({"type": "lifespan.shutdown.complete"})
+
+
+async def _sever_stalled(scope: Scope, connection: SseConnection) -> None:
+    """Reset the socket of a stream cut while its client does not read, so the server
+    neither waits to flush it nor holds its buffers (see ``ssebus._sever``)."""
+    connection.severed = await sever(scope)
 
 
 async def _lifespan_passthrough(receive: Receive, send: Send) -> None:

@@ -7,10 +7,11 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 import anyio.abc
@@ -45,6 +46,11 @@ from ._watch import watch_disconnect
 __all__ = ["Broadcaster"]
 
 logger = logging.getLogger("ssebus")
+
+#: Why streams end at shutdown: those that took their goodbye, and those cut after
+#: ``shutdown_timeout``.
+SHUTTING_DOWN = "server shutting down"
+CUT_AT_SHUTDOWN = "server shut down before the stream ended"
 
 HeartbeatStyle = Literal["comment", "event"]
 
@@ -245,14 +251,26 @@ class Broadcaster:
         if self._heartbeat_scope is not None:
             self._heartbeat_scope.cancel()
         with anyio.CancelScope(shield=True):
-            for connection in self.registry.snapshot():
-                connection.close("server shutting down", final=self.goodbye())
+            streams = self.registry.snapshot()
+            for connection in streams:
+                connection.close(SHUTTING_DOWN, final=self.goodbye())
             if len(self.registry):
                 with anyio.move_on_after(self.shutdown_timeout):
                     await self._drained.wait()
-            for connection in self.registry.snapshot():
-                connection.abort("server shut down before the stream ended")
+            stalled = self.registry.snapshot()
+            for connection in stalled:
+                connection.abort(CUT_AT_SHUTDOWN, stalled=True)
                 self.registry.remove(connection.id)
+            if streams:
+                # One line for all: a line per stream would be a thousand at every deploy.
+                logger.info(
+                    "closed %d streams for shutdown%s",
+                    len(streams),
+                    f"; {len(stalled)} did not take their goodbye within "
+                    f"{self.shutdown_timeout} s and were cut"
+                    if stalled
+                    else "",
+                )
 
     def close_soon(self, then: Callable[[], object] | None = None) -> None:
         """Begin :meth:`aclose` soon, and call ``then()`` once it is done; for a plain
@@ -427,7 +445,7 @@ class Broadcaster:
             self._replay.predicate_failed(frame, failed, error)
 
     def _evict(self, connection: SseConnection) -> None:
-        connection.abort(f"evicted: more than {self.max_queue} frames queued")
+        connection.abort(f"evicted: more than {self.max_queue} frames queued", stalled=True)
         self.registry.remove(connection.id)
         self._metrics.evictions += 1
         self._metrics.emit("evictions", 1)
@@ -502,6 +520,7 @@ class Broadcaster:
         connection_id: str | None = None,
         subscription: Subscription | None = None,
         watch: Receive | None = None,
+        on_stall: Callable[[SseConnection], Coroutine[Any, Any, None]] | None = None,
     ) -> AsyncIterator[SseConnection]:
         """Register a connection; on exit it is closed and removed.
 
@@ -512,7 +531,9 @@ class Broadcaster:
         rules are in ``ssebus._resume``). ``subscription`` (default: every event without a
         tenant) filters both, and its ``expires_at`` ends the stream with a
         ``credentials-expired`` event. ``watch``, an ASGI ``receive``, is read until the
-        client disconnects, which aborts the connection.
+        client disconnects, which aborts the connection. ``on_stall(connection)`` runs in
+        the background if the connection is cut while its client, still connected, does
+        not read (evicted, a write timed out, no goodbye taken at shutdown).
         """
         if self._state != "running":
             raise ClosedError("the broadcaster is not running; no new connections")
@@ -533,6 +554,8 @@ class Broadcaster:
             connection.dispose()
             raise
         stop_watching = None
+        if on_stall is not None and self._background is not None:
+            connection.on_stall = partial(self._background.start, partial(on_stall, connection))
         if watch is not None and self._background is not None:
             stop_watching = watch_disconnect(self._background, connection, watch)
         self._metrics.connections_opened += 1
@@ -550,7 +573,12 @@ class Broadcaster:
             self.registry.remove(connection.id)
             self._metrics.emit("connections_closed", 1)
             reason = connection.close_reason or "stream ended"
-            level = logging.WARNING if reason.startswith("write") else logging.INFO
+            if reason.startswith("write"):
+                level = logging.WARNING
+            elif reason in (SHUTTING_DOWN, CUT_AT_SHUTDOWN):
+                level = logging.DEBUG  # aclose tells them all in one line
+            else:
+                level = logging.INFO
             logger.log(level, "connection %s closed: %s", connection.id, reason)
             if self._closing() and not len(self.registry):
                 self._drained.set()

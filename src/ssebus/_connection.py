@@ -45,9 +45,13 @@ class SseConnection:
         "_writing_since",
         "close_reason",
         "id",
+        "left",
         "max_write",
+        "on_stall",
         "outbox",
         "position",
+        "severed",
+        "stalled",
         "write_timeout",
     )
 
@@ -78,6 +82,16 @@ class SseConnection:
         self._metrics = metrics
         self._closing = False
         self._aborted = False
+        #: True when it was cut while the client was still connected but not reading
+        #: (evicted, a write timed out, no goodbye taken at shutdown): its socket may hold
+        #: unsent bytes that the server waits to flush (see ``ssebus._sever``).
+        self.stalled = False
+        #: True once the client is known to have gone (the server said so).
+        self.left = False
+        #: Called once when the connection is cut as stalled (the endpoint then resets its
+        #: socket and sets ``severed``: True if it could, False if not).
+        self.on_stall: Callable[[], object] | None = None
+        self.severed: bool | None = None
         self._scope: anyio.CancelScope | None = None
         self._writing_since: float | None = None
         self._expired = expired
@@ -183,10 +197,15 @@ class SseConnection:
         self._handover = None
         self._replay = None
 
-    def abort(self, reason: str) -> None:
-        """Close the stream now: nothing more is written, a write in progress is cancelled."""
+    def abort(self, reason: str, *, stalled: bool = False) -> None:
+        """Close the stream now: nothing more is written, a write in progress is cancelled.
+        ``stalled``: the client is still there but does not read."""
         if self.close_reason is None:
             self.close_reason = reason
+        if stalled and not self._aborted:
+            self.stalled = True
+            if self.on_stall is not None:
+                self.on_stall()
         self._aborted = True
         self._stop()
         if self._scope is not None:
@@ -198,7 +217,7 @@ class SseConnection:
         started = self._writing_since
         timeout = self.write_timeout
         if started is not None and timeout is not None and now - started > timeout:
-            self._write_failed(f"write timed out after {timeout} s")
+            self._write_failed(f"write timed out after {timeout} s", stalled=True)
 
     def _stop(self) -> None:
         self._closing = True
@@ -294,9 +313,9 @@ class SseConnection:
                     await sleep
         return True
 
-    def _write_failed(self, reason: str) -> None:
+    def _write_failed(self, reason: str, *, stalled: bool = False) -> None:
         if self._aborted:
             return
         self._metrics.write_errors += 1
         self._metrics.emit("write_errors", 1)
-        self.abort(reason)
+        self.abort(reason, stalled=stalled)

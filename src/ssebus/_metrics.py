@@ -101,5 +101,5 @@ class Metrics:
             return
         try:
             self.hook(name, value)
-        except Exception:
-            logger.exception("metrics hook failed on %s=%r", name, value)
+        except Exception as exc:
+            logger.error("metrics hook failed on %s=%r: %r", name, value, exc)

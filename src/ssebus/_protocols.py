@@ -7,9 +7,9 @@ Any object with the right methods fits; the defaults are ``InMemoryEventBus``,
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
     from ._bus import BusGap
@@ -147,6 +147,8 @@ class SseBroadcaster(Protocol):
         connection_id: str | None = None,
         subscription: Subscription | None = None,
         watch: Receive | None = None,
+        on_stall: Callable[[SseConnection], Coroutine[Any, Any, None]] | None = None,
     ) -> AbstractAsyncContextManager[SseConnection]:
         """Register a connection, replay what it missed, and remove it on exit; abort it
-        when ``watch`` (an ASGI ``receive``) reports the client's disconnect."""
+        when ``watch`` (an ASGI ``receive``) reports the client's disconnect; run
+        ``on_stall(connection)`` if it is cut while its client is connected but not reading."""

@@ -24,6 +24,7 @@ def watch_disconnect(
         except Exception as exc:  # one request's failure never reaches anyone else
             connection.abort(f"receive failed: {exc!r}")
         else:
+            connection.left = True
             connection.abort("client disconnected")
 
     return background.start(read_until_disconnect)
