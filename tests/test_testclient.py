@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import anyio
 import pytest
-from apps import raw_app, starlette_app
+from apps import broadcaster_of, raw_app, starlette_app
 
 from ssebus import ServerSentEvent
 from ssebus.testing import SseTestClient, StreamEnded
@@ -64,11 +64,12 @@ async def test_a_client_resumes_from_the_last_event_id_it_saw() -> None:
 async def test_an_endpoint_served_alone_runs_its_lifespan_and_a_fresh_app_per_test_works() -> None:
     for _ in range(2):  # one app after the other, as one test after another would
         app = raw_app()
+        broadcaster = broadcaster_of(app)
         async with SseTestClient(app) as client, client.stream("/") as stream:
             assert stream.status == 200
-            app.broadcaster.broadcast(ServerSentEvent(data="x"))
+            broadcaster.broadcast(ServerSentEvent(data="x"))
             assert (await stream.next()).data == "x"
-        assert app.broadcaster.metrics().active_connections == 0
+        assert broadcaster.metrics().active_connections == 0
 
 
 async def test_a_refused_stream_shows_its_status() -> None:
