@@ -78,6 +78,7 @@ def _server_socket(sock: socket.socket) -> bool:
 
 
 def _address(sock: socket.socket) -> str | None:
+    """``sock``'s local address as the warning names it; None for an unnamed socket."""
     if sock.family == socket.AF_INET:
         host, port = sock.getsockname()[:2]
         return f"{host}:{port}"
@@ -109,6 +110,7 @@ def _network_namespace() -> str:
 
 
 def _alive(pid: str) -> bool:
+    """Whether ``pid`` is a running process (another user's counts: it exists)."""
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
