@@ -17,6 +17,10 @@ Factories:
   ``{"text": str}`` (a domain event published on the bus, mapped to a ``noted`` event;
   answers its ``{"id"}`` too),
   ``POST /kick`` (aborts every stream) and ``GET /metrics``.
+* :func:`worker_app` / :func:`redis_worker_app` - for several worker processes: the endpoint
+  at ``/events`` answering with an ``x-worker-pid`` header, ``POST /domain`` as above, and
+  ``noted`` payloads carrying the pid of the worker that delivered them; on the in-memory bus,
+  or on the Redis bus ``SSEBUS_TEST_REDIS_STREAM`` at ``SSEBUS_TEST_REDIS_URL`` (streams mode).
 * :func:`orders_app` - the demo of ``examples/orders_app.py`` plus ``POST /kick``;
   :func:`orders_app_short_history` the same keeping only the last 2 events per tenant, so
   a page that misses 3 gets a ``reset``.
@@ -33,7 +37,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -50,6 +54,7 @@ from ssebus import (
     Broadcaster,
     EventHistory,
     EventMap,
+    IEventBus,
     InMemoryEventBus,
     InMemoryHistory,
     Refusal,
@@ -57,6 +62,7 @@ from ssebus import (
     SseEndpoint,
     Subscription,
 )
+from ssebus._types import ASGIApp, Message, Receive, Scope, Send
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make ``examples`` importable
@@ -212,6 +218,74 @@ def fastapi_app() -> Starlette:
     return app
 
 
+class WithPidHeader:
+    """``app``, its responses saying which process served them (``x-worker-pid``); a class,
+    so that Starlette's ``Route`` serves it as an ASGI app."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        pid = str(os.getpid()).encode()
+
+        async def send_with_pid(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message["headers"], (b"x-worker-pid", pid)]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_pid)
+
+
+def worker_starlette_app(bus: IEventBus, *runs: AbstractAsyncContextManager[Any]) -> Starlette:
+    """The app of :func:`worker_app` on ``bus``; ``runs`` are entered in its lifespan."""
+    events = EventMap()
+    events.add(Noted, "noted", lambda event: {"text": event.text, "pid": os.getpid()})
+    broadcaster = Broadcaster(bus, events, heartbeat=heartbeat_from_env())
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            for run in (*runs, broadcaster):
+                await stack.enter_async_context(run)
+            yield
+
+    async def domain(request: Request) -> Response:
+        body = await request.json()
+        await bus.publish(Noted(body["text"]))
+        return JSONResponse({"pid": os.getpid()})
+
+    app = Starlette(
+        routes=[
+            Route("/events", WithPidHeader(SseEndpoint(broadcaster, retry=RETRY_MS))),
+            Route("/domain", domain, methods=["POST"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.broadcaster = broadcaster
+    return app
+
+
+def worker_app() -> Starlette:
+    """:func:`worker_starlette_app` on an in-memory bus: each worker process has its own."""
+    new_broadcaster()  # the log handler
+    return worker_starlette_app(InMemoryEventBus())
+
+
+def redis_worker_app() -> Starlette:
+    """:func:`worker_starlette_app` on one Redis bus that every worker process shares."""
+    from ssebus.redis import RedisEventBus
+
+    new_broadcaster()  # the log handler
+    bus = RedisEventBus(
+        os.environ["SSEBUS_TEST_REDIS_URL"],
+        mode="streams",
+        stream=os.environ["SSEBUS_TEST_REDIS_STREAM"],
+    )
+    bus.register(Noted)
+    return worker_starlette_app(bus, bus)
+
+
 def orders_app(history: EventHistory | None = None) -> Starlette:
     """The live-orders demo, unchanged, plus ``POST /kick`` (abort every stream)."""
     app = build_app(heartbeat=heartbeat_from_env() or 15.0, history=history)
@@ -230,6 +304,8 @@ FACTORIES: dict[str, Callable[[], Any]] = {
     "auth_app": auth_app,
     "starlette_app": starlette_app,
     "fastapi_app": fastapi_app,
+    "worker_app": worker_app,
+    "redis_worker_app": redis_worker_app,
     "orders_app": orders_app,
     "orders_app_short_history": orders_app_short_history,
 }

@@ -150,9 +150,14 @@ class ServerProcess:
 
 @contextmanager
 def run_server(
-    command: Sequence[str], port: int, *, env: dict[str, str] | None = None
+    command: Sequence[str],
+    port: int,
+    *,
+    env: dict[str, str] | None = None,
+    probe: bool = True,
 ) -> Iterator[ServerProcess]:
-    """Start ``command`` (which must listen on ``port``), yield it once it accepts, stop it.
+    """Start ``command`` (which must listen on ``port``), yield it once it accepts (at once
+    with ``probe=False``: no request reaches the app before the test's own), stop it.
 
     The stop is SIGINT and a bounded wait; the test fails if the server has to be killed
     or exits with an unclean status (unless the test itself already failed).
@@ -175,7 +180,8 @@ def run_server(
         )
         server = ServerProcess(process, port, log)
         try:
-            server.wait_until_accepting()
+            if probe:
+                server.wait_until_accepting()
             yield server
         finally:
             code = server.stop() if process.returncode is None else process.returncode
@@ -201,14 +207,18 @@ def uvicorn_command(factory: str, port: int, *options: str) -> list[str]:
     ]
 
 
-def app_command(server: str, factory: str, port: int, *, graceful: bool) -> list[str]:
-    """The command line that serves ``tests.apps:<factory>`` with ``server`` on ``port``."""
+def app_command(
+    server: str, factory: str, port: int, *, graceful: bool, workers: int | None = None
+) -> list[str]:
+    """The command line that serves ``tests.apps:<factory>`` with ``server`` on ``port``;
+    ``workers=N`` asks the server for N worker processes (uvicorn, gunicorn, hypercorn)."""
     if server not in (*LIFECYCLE_SERVERS, "granian"):
         raise ValueError(f"unknown server {server!r}; one of {LIFECYCLE_SERVERS}")
     if graceful:
         return [sys.executable, str(APPS), server, factory, "--port", str(port)]
     if server == "uvicorn":
-        return uvicorn_command(f"tests.apps:{factory}", port)
+        options = () if workers is None else ("--workers", str(workers))
+        return uvicorn_command(f"tests.apps:{factory}", port, *options)
     if server == "gunicorn":
         return [
             sys.executable,
@@ -217,7 +227,7 @@ def app_command(server: str, factory: str, port: int, *, graceful: bool) -> list
             "--worker-class",
             "uvicorn.workers.UvicornWorker",
             "--workers",
-            "1",
+            str(workers or 1),
             "--bind",
             f"127.0.0.1:{port}",
             f"tests.apps:{factory}()",
@@ -236,8 +246,8 @@ def app_command(server: str, factory: str, port: int, *, graceful: bool) -> list
             "--factory",
             f"tests.apps:{factory}",
         ]
-    # --workers 0: serve in this process rather than in a spawned worker, so SIGINT
-    # reaches the server directly and a kill leaves no orphan behind.
+    # --workers 0 by default: serve in this process rather than in a spawned worker, so
+    # SIGINT reaches the server directly and a kill leaves no orphan behind.
     return [
         sys.executable,
         "-m",
@@ -245,7 +255,7 @@ def app_command(server: str, factory: str, port: int, *, graceful: bool) -> list
         "--bind",
         f"127.0.0.1:{port}",
         "--workers",
-        "0",
+        str(workers or 0),
         "--worker-class",
         "trio" if server == "hypercorn-trio" else "asyncio",
         f"tests.apps:{factory}()",
@@ -259,10 +269,13 @@ def serve_app(
     *,
     graceful: bool = False,
     env: dict[str, str] | None = None,
+    workers: int | None = None,
+    probe: bool = True,
 ) -> Iterator[ServerProcess]:
     """Serve ``tests.apps.<factory>`` with ``server`` on a free port; see the module doc."""
     port = free_port()
-    with run_server(app_command(server, factory, port, graceful=graceful), port, env=env) as s:
+    command = app_command(server, factory, port, graceful=graceful, workers=workers)
+    with run_server(command, port, env=env, probe=probe) as s:
         yield s
 
 

@@ -19,6 +19,7 @@ from ._sever import sever
 from ._shutdown import SignalChain
 from ._subscription import Subscription
 from ._types import Message, Receive, Scope, Send
+from ._workers import WorkerCheck
 
 __all__ = ["Authorize", "Refusal", "SseEndpoint"]
 
@@ -103,11 +104,18 @@ class SseEndpoint:
         #: On SIGINT/SIGTERM the broadcaster closes its streams, so the server's graceful
         #: shutdown, which waits for open responses, can finish (see ``_shutdown``).
         self._signals = SignalChain(self._close_soon) if stop_on_signals else None
+        #: Worker processes each with an in-memory bus miss each other's events: say so.
+        bus = getattr(broadcaster, "bus", None)
+        in_process = getattr(bus, "crosses_processes", True) is False
+        self._workers = WorkerCheck(bus=type(bus).__name__) if in_process else None
+        self._check_workers_at_request = in_process
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
+        if self._check_workers_at_request:
+            self._check_workers()
         if scope["type"] == "websocket":
             await _refuse_websocket(scope, receive, send)
             return
@@ -194,6 +202,12 @@ class SseEndpoint:
                         ):
                             await anyio.sleep(0.01)
 
+    def _check_workers(self) -> None:
+        """Once, at the first request: a server may bind its socket after lifespan startup."""
+        self._check_workers_at_request = False
+        if self._workers is not None:
+            self._workers.check()
+
     def _close_soon(self, then: Callable[[], object]) -> None:
         close_soon = getattr(self.broadcaster, "close_soon", None)
         if close_soon is not None:
@@ -224,6 +238,8 @@ class SseEndpoint:
         except Exception as exc:
             await send({"type": "lifespan.startup.failed", "message": repr(exc)})
             return
+        if self._workers is not None:
+            self._check_workers_at_request = not self._workers.check()
         await send({"type": "lifespan.startup.complete"})
         if self._signals is not None:
             self._signals.ensure()
@@ -231,6 +247,8 @@ class SseEndpoint:
         if self._signals is not None:
             self._signals.restore()
         await manager.__aexit__(None, None, None)
+        if self._workers is not None:
+            self._workers.close()
         await send({"type": "lifespan.shutdown.complete"})
 
 

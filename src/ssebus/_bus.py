@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import anyio
 from typing_extensions import Self
@@ -205,6 +205,9 @@ class InMemoryEventBus(EventBusBase):
     level. A publish given an ``idempotency_key`` already seen in the last
     ``dedupe_window`` seconds does nothing.
     """
+
+    #: An event published here reaches this process only (several workers need Redis).
+    crosses_processes: ClassVar[bool] = False
 
     def __init__(
         self, *, handler_timeout: float | None = 30.0, dedupe_window: float = 300.0

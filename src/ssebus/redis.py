@@ -49,7 +49,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, ClassVar, Literal, TypeVar, cast
 
 import anyio
 from typing_extensions import Self
@@ -238,6 +238,9 @@ class RedisEventBus(EventBusBase):
     ``publish_timeout`` seconds. ``maxlen`` bounds each partition's retention stream and
     ``feed_maxlen`` (default ``maxlen``) the feed every instance reads.
     """
+
+    #: An event published here reaches every process on the same Redis.
+    crosses_processes: ClassVar[bool] = True
 
     def __init__(
         self,
