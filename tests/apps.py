@@ -2,9 +2,10 @@
 
 Not a test module: every factory here runs inside a server subprocess, started by
 ``tests/servers.py`` either through a server's own command line
-(``uvicorn --factory tests.apps:starlette_app``, ``hypercorn 'tests.apps:starlette_app()'``)
-or through :func:`main` (``python tests/apps.py uvicorn starlette_app --port N``), which
-serves programmatically and ends every stream as soon as the server is asked to stop.
+(``uvicorn --factory tests.apps:starlette_app``, ``hypercorn 'tests.apps:starlette_app()'``,
+``daphne tests.apps:instances.starlette_app``) or through :func:`main`
+(``python tests/apps.py uvicorn starlette_app --port N``), which serves programmatically
+and ends every stream as soon as the server is asked to stop.
 
 Factories:
 
@@ -309,6 +310,18 @@ FACTORIES: dict[str, Callable[[], Any]] = {
     "orders_app": orders_app,
     "orders_app_short_history": orders_app_short_history,
 }
+
+
+class _Instances:
+    """``daphne tests.apps:instances.raw_app``: daphne takes an app object, not a factory."""
+
+    def __getattr__(self, factory: str) -> Any:
+        if factory not in FACTORIES:
+            raise AttributeError(factory)
+        return FACTORIES[factory]()
+
+
+instances = _Instances()
 
 
 def broadcaster_of(app: Any) -> Broadcaster:

@@ -39,12 +39,15 @@ DEMO = ROOT / "examples" / "orders_app.py"
 APPS = ROOT / "tests" / "apps.py"
 
 #: The servers every live test runs against.
-SERVERS = ("uvicorn", "hypercorn", "hypercorn-trio")
+SERVERS = ("uvicorn", "hypercorn", "hypercorn-trio", "daphne")
 #: Those, and the servers whose lifecycle tests (stopping) also run: gunicorn with uvicorn's
 #: worker (a master process and one worker). granian has a command below but is not in the
 #: matrix yet: it runs one app's requests on several event loops, which ssebus's
 #: per-loop wake-ups do not support (only the streams of one loop get their goodbye).
 LIFECYCLE_SERVERS = (*SERVERS, "gunicorn")
+#: Servers that send no ASGI lifespan: the endpoint starts its broadcaster at the first
+#: request (``tests/test_lifespanless.py``).
+LIFESPANLESS_SERVERS = ("daphne",)
 #: Seconds a server may take to start accepting connections (imports included).
 START_TIMEOUT = 20.0
 #: Seconds a server may take to exit after SIGINT.
@@ -214,6 +217,21 @@ def app_command(
     ``workers=N`` asks the server for N worker processes (uvicorn, gunicorn, hypercorn)."""
     if server not in (*LIFECYCLE_SERVERS, "granian"):
         raise ValueError(f"unknown server {server!r}; one of {LIFECYCLE_SERVERS}")
+    if server == "daphne":
+        # No launcher: daphne's own command is how it runs, and it stops the streams
+        # itself (SseEndpoint's signal chain), so it is the graceful way too.
+        return [
+            sys.executable,
+            "-m",
+            "daphne",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--verbosity",  # warnings and up, no access log: as uvicorn's --log-level warning
+            "0",
+            f"tests.apps:instances.{factory}",
+        ]
     if graceful:
         return [sys.executable, str(APPS), server, factory, "--port", str(port)]
     if server == "uvicorn":

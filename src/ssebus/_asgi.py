@@ -14,6 +14,7 @@ import anyio
 
 from ._connection import SseConnection
 from ._exceptions import ClosedError, ConfigurationError
+from ._lazy import LazyStart, why_not
 from ._protocols import SseBroadcaster
 from ._sever import sever
 from ._shutdown import SignalChain
@@ -74,7 +75,9 @@ class SseEndpoint:
     with ``retry:`` and then streams live frames until the client goes away, a write fails,
     or the broadcaster shuts down. HEAD answers the headers only; other methods get 405.
     Run as the top-level app it also handles ASGI lifespan, starting and closing the
-    broadcaster with the server.
+    broadcaster with the server. Under a server that sends no lifespan (daphne) it starts
+    the broadcaster at the first request and stops it on the server's stop signal (or
+    :meth:`aclose`); see ``ssebus._lazy``.
 
     ``authorize(scope)`` decides before any stream starts: a ``Refusal`` answers with its
     status (401/403 ...), a ``Subscription`` says which events this client receives and
@@ -101,6 +104,8 @@ class SseEndpoint:
         self.last_event_id_param = last_event_id_param
         self.shutdown_grace = shutdown_grace
         self._said_not_running = False
+        self._lifespan_seen = False
+        self._lazy = LazyStart(broadcaster)
         #: On SIGINT/SIGTERM the broadcaster closes its streams, so the server's graceful
         #: shutdown, which waits for open responses, can finish (see ``_shutdown``).
         self._signals = SignalChain(self._close_soon) if stop_on_signals else None
@@ -147,6 +152,8 @@ class SseEndpoint:
             subscription = decision
         if self._signals is not None:
             self._signals.ensure()
+        if not self._lifespan_seen and self._lazy.wanted() and why_not(self._signals) is None:
+            await self._lazy.start()
         if method == "HEAD":
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -164,15 +171,28 @@ class SseEndpoint:
             self._not_running()
             await _respond(send, 503, "Service Unavailable", [(b"retry-after", b"5")])
 
+    async def aclose(self) -> None:
+        """Stop the broadcaster this endpoint started at a first request, if it did, and
+        wait until every stream has had its goodbye."""
+        await self._lazy.aclose()
+
     def _not_running(self) -> None:
         """Say once, until a stream is served again, why every request gets a 503."""
         if self._said_not_running:
             logger.debug("the broadcaster is not running; answered 503")
             return
         self._said_not_running = True
+        if self._lazy.failure is not None:
+            why = f"; starting it at the first request failed: {self._lazy.failure}"
+        elif self._lifespan_seen or not self._lazy.wanted():
+            why = ""
+        else:
+            why = f"; not started at the first request: {why_not(self._signals)}"
         logger.warning(
             "SseEndpoint answers 503: the Broadcaster is not running (not started, or "
-            "stopped): wire its lifespan (see README), or run SseEndpoint as the top-level app"
+            "stopped): wire its lifespan (see README), or run SseEndpoint as the top-level "
+            "app%s",
+            why,
         )
 
     async def _stream(self, connect: AbstractAsyncContextManager[Any], send: Send) -> None:
@@ -209,6 +229,8 @@ class SseEndpoint:
             self._workers.check()
 
     def _close_soon(self, then: Callable[[], object]) -> None:
+        if self._lazy.stop_soon(then):
+            return
         close_soon = getattr(self.broadcaster, "close_soon", None)
         if close_soon is not None:
             close_soon(then)
@@ -227,6 +249,7 @@ class SseEndpoint:
         return None
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
+        self._lifespan_seen = True  # the server starts the broadcaster: no lazy start
         manager = self.broadcaster
         if not isinstance(manager, AbstractAsyncContextManager):
             await _lifespan_passthrough(receive, send)
