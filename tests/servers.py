@@ -21,6 +21,7 @@ Two ways to serve an app:
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -29,6 +30,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from functools import partial
 from pathlib import Path
 from typing import IO
 
@@ -158,12 +160,14 @@ def run_server(
     *,
     env: dict[str, str] | None = None,
     probe: bool = True,
+    fd_limit: int | None = None,
 ) -> Iterator[ServerProcess]:
     """Start ``command`` (which must listen on ``port``), yield it once it accepts (at once
     with ``probe=False``: no request reaches the app before the test's own), stop it.
 
-    The stop is SIGINT and a bounded wait; the test fails if the server has to be killed
-    or exits with an unclean status (unless the test itself already failed).
+    ``fd_limit`` lowers the server's soft ``RLIMIT_NOFILE`` (as ``ulimit -n`` would) before it
+    starts. The stop is SIGINT and a bounded wait; the test fails if the server has to be
+    killed or exits with an unclean status (unless the test itself already failed).
     """
     environment = {
         **os.environ,
@@ -180,6 +184,7 @@ def run_server(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=None if fd_limit is None else partial(limit_fds, fd_limit),
         )
         server = ServerProcess(process, port, log)
         try:
@@ -190,6 +195,12 @@ def run_server(
             code = server.stop() if process.returncode is None else process.returncode
             server.kill()  # anything the server left behind in its process group
         server.assert_stopped_cleanly(code)
+
+
+def limit_fds(soft: int) -> None:
+    """Set this process's soft limit of open files to ``soft`` (in a child, before exec)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def uvicorn_command(factory: str, port: int, *options: str) -> list[str]:
@@ -289,11 +300,12 @@ def serve_app(
     env: dict[str, str] | None = None,
     workers: int | None = None,
     probe: bool = True,
+    fd_limit: int | None = None,
 ) -> Iterator[ServerProcess]:
     """Serve ``tests.apps.<factory>`` with ``server`` on a free port; see the module doc."""
     port = free_port()
     command = app_command(server, factory, port, graceful=graceful, workers=workers)
-    with run_server(command, port, env=env, probe=probe) as s:
+    with run_server(command, port, env=env, probe=probe, fd_limit=fd_limit) as s:
         yield s
 
 

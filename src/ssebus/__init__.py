@@ -17,6 +17,7 @@ from ._exceptions import (
     InvalidEventError,
     SerializationError,
     SseBusError,
+    TooManyConnectionsError,
 )
 from ._frame import Frame
 from ._history import InMemoryHistory
@@ -70,6 +71,7 @@ __all__ = [
     "SseEndpoint",
     "StandardFrameEncoder",
     "Subscription",
+    "TooManyConnectionsError",
     "Unsubscribe",
     "compact_json",
     "delivery_position",

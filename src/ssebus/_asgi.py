@@ -13,7 +13,7 @@ from urllib.parse import parse_qs
 import anyio
 
 from ._connection import SseConnection
-from ._exceptions import ClosedError, ConfigurationError
+from ._exceptions import ClosedError, ConfigurationError, TooManyConnectionsError
 from ._lazy import LazyStart, why_not
 from ._protocols import SseBroadcaster
 from ._sever import sever
@@ -170,6 +170,8 @@ class SseEndpoint:
         except ClosedError:
             self._not_running()
             await _respond(send, 503, "Service Unavailable", [(b"retry-after", b"5")])
+        except TooManyConnectionsError as refused:
+            await _refuse_connection(scope, send, refused)
 
     async def aclose(self) -> None:
         """Stop the broadcaster this endpoint started at a first request, if it did, and
@@ -320,6 +322,19 @@ async def _refuse_websocket(scope: Scope, receive: Receive, send: Send) -> None:
             await send({"type": "websocket.close", "code": 1008, "reason": ""})
     except OSError:
         pass  # the client went away meanwhile
+
+
+async def _refuse_connection(scope: Scope, send: Send, refused: TooManyConnectionsError) -> None:
+    """Answer a connection past a limit: 503, the jittered ``Retry-After``, and (HTTP/1) a
+    ``connection: close`` so the server frees the socket at once."""
+    headers = [(b"retry-after", str(refused.retry_after).encode())]
+    if scope.get("http_version", "1.1") in ("1.0", "1.1"):
+        headers.append((b"connection", b"close"))
+    text = (
+        f"Service Unavailable: too many connections ({refused.setting}={refused.limit:,}); "
+        f"retry after {refused.retry_after} s\n"
+    )
+    await _respond(send, 503, text, headers)
 
 
 async def _respond(

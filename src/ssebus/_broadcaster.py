@@ -17,6 +17,7 @@ import anyio
 import anyio.abc
 from typing_extensions import Self
 
+from ._admission import Admission, MaxConnections
 from ._bus import BusGap, delivery_position
 from ._connection import SseConnection
 from ._encoder import StandardFrameEncoder
@@ -81,6 +82,10 @@ class Broadcaster:
       one write.
     * On shutdown each connection gets a final ``retry:`` drawn from ``reconnect_jitter``
       (milliseconds, low and high) so clients do not all come back at once.
+    * ``max_connections`` (default ``"auto"``: the open-files limit less a tenth, at least
+      64, for the rest of the app; None: no limit) and ``max_connections_per_key`` (per
+      ``Subscription.key``, else tenant) bound the streams: ``connect`` beyond raises
+      ``TooManyConnectionsError``.
     """
 
     def __init__(
@@ -104,6 +109,8 @@ class Broadcaster:
         replay_page: int = 100,
         replay_concurrency: int = 2,
         metrics_hook: MetricsHook | None = None,
+        max_connections: MaxConnections = "auto",
+        max_connections_per_key: int | None = None,
     ) -> None:
         if heartbeat is not None and not heartbeat > 0:
             raise ConfigurationError("heartbeat", heartbeat, "must be > 0 seconds, or None")
@@ -141,6 +148,12 @@ class Broadcaster:
         self.shutdown_timeout = shutdown_timeout
         self.reconnect_jitter = reconnect_jitter
         self._metrics = Metrics(metrics_hook)
+        self._admission = Admission(
+            max_connections,
+            max_connections_per_key,
+            reconnect_jitter=reconnect_jitter,
+            metrics=self._metrics,
+        )
         self._replay = Replay(
             self._page,
             page=replay_page,
@@ -533,11 +546,14 @@ class Broadcaster:
         ``credentials-expired`` event. ``watch``, an ASGI ``receive``, is read until the
         client disconnects, which aborts the connection. ``on_stall(connection)`` runs in
         the background if the connection is cut while its client, still connected, does
-        not read (evicted, a write timed out, no goodbye taken at shutdown).
+        not read (evicted, a write timed out, no goodbye taken at shutdown). Past
+        ``max_connections`` (or ``max_connections_per_key`` for its key) it raises
+        ``TooManyConnectionsError``.
         """
         if self._state != "running":
             raise ClosedError("the broadcaster is not running; no new connections")
         subscription = subscription or EVERYTHING
+        key = self._admission.admit(subscription, len(self.registry), self._tasks)
         connection = SseConnection(
             connection_id or f"conn-{next(self._connection_ids)}",
             max_queue=self.max_queue,
@@ -551,6 +567,7 @@ class Broadcaster:
         try:
             self.registry.add(connection)
         except BaseException:
+            self._admission.release(key)
             connection.dispose()
             raise
         stop_watching = None
@@ -571,6 +588,7 @@ class Broadcaster:
             connection.close("stream ended")
             connection.dispose()
             self.registry.remove(connection.id)
+            self._admission.release(key)
             self._metrics.emit("connections_closed", 1)
             reason = connection.close_reason or "stream ended"
             if reason.startswith("write"):
@@ -582,6 +600,16 @@ class Broadcaster:
             logger.log(level, "connection %s closed: %s", connection.id, reason)
             if self._closing() and not len(self.registry):
                 self._drained.set()
+
+    @property
+    def max_connections(self) -> int | None:
+        """The most streams this broadcaster takes at once (None: no limit)."""
+        return self._admission.max_connections
+
+    @property
+    def max_connections_per_key(self) -> int | None:
+        """The most streams of one subscription key (None: no limit)."""
+        return self._admission.max_per_key
 
     # -- positions -------------------------------------------------------------------------
 

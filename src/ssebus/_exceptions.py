@@ -5,6 +5,7 @@ SseBusError
  ├── SerializationError       a payload cannot be turned into event data
  ├── ConfigurationError       a constructor argument is out of range
  ├── ClosedError              the broadcaster or bus is not running
+ ├── TooManyConnectionsError  a connection was refused: a connection limit is reached
  └── BusUnavailableError      the bus backend (e.g. Redis) cannot take the event now
 """
 
@@ -16,6 +17,7 @@ __all__ = [
     "SerializationError",
     "ConfigurationError",
     "ClosedError",
+    "TooManyConnectionsError",
     "BusUnavailableError",
 ]
 
@@ -55,6 +57,20 @@ class ConfigurationError(SseBusError, ValueError):
 
 class ClosedError(SseBusError, RuntimeError):
     """The component was used before it started or after it was closed."""
+
+
+class TooManyConnectionsError(SseBusError, RuntimeError):
+    """A new connection was refused because ``setting`` (``max_connections`` or
+    ``max_connections_per_key``, for ``key``) is at its ``limit``; streams already open
+    are untouched. ``retry_after``: the seconds (jittered) the client should wait."""
+
+    def __init__(self, setting: str, limit: int, *, key: str | None, retry_after: int) -> None:
+        self.setting = setting
+        self.limit = limit
+        self.key = key
+        self.retry_after = retry_after
+        of = "" if key is None else f" for key {key!r}"
+        super().__init__(f"connection refused{of}: {setting}={limit:,} reached")
 
 
 class BusUnavailableError(SseBusError, ConnectionError):

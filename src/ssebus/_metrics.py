@@ -24,6 +24,7 @@ class MetricsSnapshot:
 
     active_connections: int
     connections_opened: int
+    connections_refused: int
     events_published: int
     events_dropped: int
     frames_sent: int
@@ -45,7 +46,8 @@ class MetricsSnapshot:
 class Metrics:
     """Mutable counters owned by one broadcaster; ``hook`` sees every change as it happens.
 
-    Hook names: ``connections_opened``, ``connections_closed``, ``events_published``,
+    Hook names: ``connections_opened``, ``connections_closed``, ``connections_refused`` (a
+    limit was reached), ``events_published``,
     ``events_dropped``, ``frames_sent``, ``write_errors``, ``evictions``, ``predicate_errors``,
     ``resets`` (a client told to reload), ``gaps`` (the bus lost events) and ``events_lost``
     (how many; increments) and
@@ -55,6 +57,7 @@ class Metrics:
     def __init__(self, hook: MetricsHook | None = None) -> None:
         self.hook = hook
         self.connections_opened = 0
+        self.connections_refused = 0
         self.events_published = 0
         self.events_dropped = 0
         self.frames_sent = 0
@@ -73,6 +76,7 @@ class Metrics:
         return MetricsSnapshot(
             active_connections=active_connections,
             connections_opened=self.connections_opened,
+            connections_refused=self.connections_refused,
             events_published=self.events_published,
             events_dropped=self.events_dropped,
             frames_sent=self.frames_sent,

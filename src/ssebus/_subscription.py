@@ -28,12 +28,15 @@ class Subscription:
     * ``attributes``: anything else a route's ``allow`` predicate needs (user id, roles).
     * ``expires_at``: Unix time at which the credentials run out; the stream is then
       closed with a final ``credentials-expired`` event so the client re-authenticates.
+    * ``key``: who the connection counts against for the broadcaster's
+      ``max_connections_per_key`` (a user id, say); None counts it against its tenant.
     """
 
     tenant: str | None = None
     topics: Collection[str] | None = None
     attributes: Mapping[str, Any] = field(default_factory=dict, hash=False)
     expires_at: float | None = None
+    key: str | None = None
 
     def __post_init__(self) -> None:
         if self.tenant is not None and not isinstance(self.tenant, str):
@@ -51,6 +54,14 @@ class Subscription:
             raise ConfigurationError(
                 "expires_at", self.expires_at, "must be Unix time in seconds, or None"
             )
+        if self.key is not None and not isinstance(self.key, str):
+            raise ConfigurationError("key", self.key, "must be a str or None")
+
+    @property
+    def limit_key(self) -> str | None:
+        """What ``max_connections_per_key`` counts this connection under: ``key``, else
+        the tenant (None: not limited per key)."""
+        return self.key if self.key is not None else self.tenant
 
     def matches(self, frame: Frame) -> bool:
         """Whether ``frame``'s tenant and topics let this connection receive it.
