@@ -68,7 +68,17 @@ def errors_in(log: str) -> list[str]:
     return [line for line in log.splitlines() if "ERROR" in line or "Traceback" in line]
 
 
-@pytest.mark.parametrize("server", LIFECYCLE_SERVERS)
+#: daphne (Twisted) applies no backpressure to the app: ``send`` never waits, so a client
+#: that stops reading is never noticed and what it is sent piles up in daphne's buffers.
+NO_BACKPRESSURE = pytest.mark.xfail(
+    strict=True, reason="daphne never makes send wait: a stalled client cannot be seen"
+)
+
+
+@pytest.mark.parametrize(
+    "server",
+    [pytest.param(s, marks=NO_BACKPRESSURE) if s == "daphne" else s for s in LIFECYCLE_SERVERS],
+)
 def test_evicting_twenty_stalled_clients_frees_their_sockets_and_memory(server: str) -> None:
     with serve_app(server, "starlette_app", env=ENV) as process:
         crowd = Crowd(open_stream(process.port, HEALTHY) for _ in range(5))
