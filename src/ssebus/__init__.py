@@ -9,7 +9,7 @@ from ._broadcaster import Broadcaster
 from ._bus import BusGap, EventBusBase, InMemoryEventBus, delivery_position
 from ._connection import SseConnection
 from ._encoder import StandardFrameEncoder, encode_comment, encode_event
-from ._event import JsonDumps, ServerSentEvent, compact_json
+from ._event import JsonDumps, ServerSentEvent, compact_json, orjson_dumps
 from ._exceptions import (
     BusUnavailableError,
     ClosedError,
@@ -77,4 +77,5 @@ __all__ = [
     "delivery_position",
     "encode_comment",
     "encode_event",
+    "orjson_dumps",
 ]

@@ -2,22 +2,131 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
+import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date, time
+from decimal import Decimal
+from enum import Enum
+from types import ModuleType
 from typing import Any
+from uuid import UUID
 
 from ._exceptions import InvalidEventError, SerializationError
 
-__all__ = ["JsonDumps", "ServerSentEvent", "compact_json"]
+__all__ = ["JsonDumps", "ServerSentEvent", "compact_json", "orjson_dumps"]
 
 #: Turns a payload into JSON text; ``orjson.dumps`` (bytes) and ``json.dumps`` (str) both fit.
 JsonDumps = Callable[[Any], "str | bytes"]
 
 
+def _json_form(value: object) -> object:
+    """The JSON form of a value ``json`` cannot encode by itself (its ``default=`` hook).
+
+    datetime, date, time: ISO 8601 (a naive one stays naive: no offset, no ``Z``); UUID: its
+    canonical string; Decimal: a string, since a JSON number is a float in JavaScript; Enum:
+    its value; a dataclass: an object of its fields; a pydantic v2 model: its
+    ``model_dump(mode="json")``. Sets and bytes have no single JSON form and are refused.
+    """
+    if isinstance(value, (date, time)):  # datetime is a date
+        return value.isoformat()
+    if isinstance(value, (UUID, Decimal)):
+        return str(value)
+    if isinstance(value, Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}
+    pydantic = sys.modules.get("pydantic")  # a model's class imported it already
+    if pydantic is not None and isinstance(value, pydantic.BaseModel):
+        return value.model_dump(mode="json")
+    kind = type(value).__name__
+    if isinstance(value, (set, frozenset)):
+        raise TypeError(f"a {kind} has no order, so no one JSON form: return sorted(...) or a list")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raise TypeError(
+            f"{kind} has no one JSON form: decode it to text, or base64-encode it, in the "
+            "payload function"
+        )
+    raise TypeError(
+        f"{type(value).__qualname__} is not JSON-serializable: return JSON types (or a "
+        "datetime, UUID, Decimal, Enum, dataclass or pydantic model) from the payload function"
+    )
+
+
+_ENCODER = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_form
+)
+
+
 def compact_json(payload: Any) -> str:
-    """Serialize ``payload`` as compact JSON, keeping non-ASCII text as is and refusing NaN."""
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    """Serialize ``payload`` as compact JSON, keeping non-ASCII text as is and refusing NaN;
+    datetimes, UUIDs, Decimals, enums, dataclasses and pydantic models as :func:`_json_form`."""
+    return _ENCODER.encode(payload)
+
+
+@functools.cache
+def _orjson() -> ModuleType:
+    try:
+        import orjson
+    except ImportError:
+        raise ImportError("dumps=orjson_dumps needs orjson: pip install 'ssebus[orjson]'") from None
+    return orjson
+
+
+def orjson_dumps(payload: Any) -> bytes:
+    """:func:`compact_json` through orjson, several times faster (``ssebus[orjson]``).
+
+    The same JSON for the same payload, except that orjson writes NaN and infinities as
+    ``null`` (``compact_json`` refuses them) and refuses ints beyond 64 bits.
+    """
+    orjson = _orjson()
+    option = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_NON_STR_KEYS
+    return bytes(orjson.dumps(payload, default=_json_form, option=option))
+
+
+def _child(path: str, key: object) -> str:
+    if isinstance(key, str) and key.isidentifier():
+        return f"{path}.{key}"
+    return f"{path}[{key!r}]"
+
+
+def _locate(value: object, path: str, within: frozenset[int]) -> tuple[str, str] | None:
+    """Where in ``value`` :func:`compact_json` fails, and why; None if it does not."""
+    if value is None or isinstance(value, (str, int)):
+        return None
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return None
+        return path, f"{value!r} (a float) is not a JSON number"
+    if id(value) in within:
+        return path, f"a {type(value).__name__} that contains itself (a circular reference)"
+    within = within | {id(value)}
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not (key is None or isinstance(key, (str, int, float))):
+                return path, (
+                    f"a key of type {type(key).__name__} ({key!r}); JSON keys are str "
+                    "(int, float, bool and None are converted)"
+                )
+            found = _locate(item, _child(path, key), within)
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = _locate(item, f"{path}[{index}]", within)
+            if found is not None:
+                return found
+        return None
+    try:
+        converted = _json_form(value)
+    except (TypeError, ValueError) as exc:
+        return path, str(exc)
+    return _locate(converted, path, within)
 
 
 def _check_utf8(field: str, value: str) -> None:
@@ -124,8 +233,12 @@ class ServerSentEvent:
             if isinstance(text, (bytes, bytearray, memoryview)):
                 text = bytes(text).decode("utf-8")
         except (TypeError, ValueError) as exc:
+            found = _locate(payload, "payload", frozenset())
+            path, problem = found if found is not None else (None, str(exc))
             raise SerializationError(
-                f"cannot serialize {type(payload).__name__} payload"
-                f"{f' of event {event!r}' if event else ''} as JSON: {exc}"
+                f"cannot serialize the {type(payload).__name__} payload"
+                f"{f' of event {event!r}' if event else ''} as JSON: "
+                f"{f'{path}: ' if path else ''}{problem}",
+                path=path,
             ) from exc
         return cls(data=text, event=event, id=id, retry=retry)

@@ -43,7 +43,14 @@ class InvalidEventError(SseBusError, ValueError):
 
 
 class SerializationError(SseBusError, ValueError):
-    """A payload could not be serialized to the event's data."""
+    """A payload could not be serialized to the event's data.
+
+    ``path`` is where in the payload it failed (``payload.lines[1].blob``), when known.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class ConfigurationError(SseBusError, ValueError):
