@@ -244,3 +244,29 @@ def test_an_event_type_that_is_not_a_class_is_refused_naming_event_type() -> Non
     with pytest.raises(ConfigurationError) as caught:
         EventMap().add(CREATED, "order-created", created_payload)  # type: ignore[arg-type]
     assert caught.value.setting == "event_type"
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [("error", "connection fails"), ("open", "connection opens")],
+)
+def test_a_name_eventsource_fires_itself_is_refused_naming_name_and_why(
+    name: str, reason: str
+) -> None:
+    events = EventMap()
+    with pytest.raises(ConfigurationError, match=reason) as caught:
+        events.add(OrderCreatedDomainEvent, name, created_payload)
+    assert caught.value.setting == "name"
+    assert caught.value.value == name
+    assert len(events) == 0
+
+
+@pytest.mark.parametrize("name", ["message", "Error", "OPEN", "order-error", "opened"])
+def test_the_default_message_type_and_lookalikes_of_reserved_names_are_allowed(
+    name: str,
+) -> None:
+    events = EventMap()
+    events.add(OrderCreatedDomainEvent, name, created_payload)
+    route = events.route(CREATED)
+    assert route is not None
+    assert route.name == name

@@ -160,7 +160,8 @@ class ServerSentEvent:
     ``id`` are single lines (a line break is refused, never stripped); an empty ``id`` resets
     the client's last event id. ``retry`` is the reconnection delay in milliseconds.
     ``comment`` lines are ignored by clients. Names ``error``, ``open`` and ``message``
-    collide with ``EventSource``'s own handlers (``message`` is the default type).
+    collide with ``EventSource``'s own handlers (``message`` is the default type); this
+    wire-level value allows them, an ``EventMap`` route refuses ``error`` and ``open``.
 
     A frame with ``event`` but no ``data`` is refused: browsers never dispatch it. A frame
     with only ``id``, ``retry`` or ``comment`` is allowed: it changes the client's state

@@ -17,6 +17,12 @@ __all__ = ["EventMap", "Route"]
 
 E = TypeVar("E")
 PayloadFn = Callable[[Any], Any]
+#: Event names ``EventSource`` fires itself: a listener could not tell a route's events from
+#: its own. ``message`` is allowed: it is the default type, what ``onmessage`` receives.
+_RESERVED_NAMES = {
+    "error": "EventSource fires 'error' when the connection fails",
+    "open": "EventSource fires 'open' when the connection opens",
+}
 #: A template over the payload (``"{tenantId}"``) or a function of the domain event.
 TenantSpec = str | Callable[[E], "str | None"]
 #: Templates over the payload (``["order:{orderId}"]``) or a function of the domain event.
@@ -122,6 +128,13 @@ class EventMap:
             raise ConfigurationError("name", name, exc.problem) from None
         if not name:
             raise ConfigurationError("name", name, "must not be empty")
+        if name in _RESERVED_NAMES:
+            raise ConfigurationError(
+                "name",
+                name,
+                f"{_RESERVED_NAMES[name]}, so its listeners could not tell this event from "
+                f"that; choose another name, like 'order-{name}'",
+            )
         if not callable(payload):
             raise ConfigurationError("payload", payload, "must be callable")
         if event_type in self._routes:
