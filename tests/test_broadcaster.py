@@ -34,6 +34,7 @@ from ssebus import (
     Broadcaster,
     ClosedError,
     ConfigurationError,
+    DuplicateConnectionError,
     EventMap,
     Frame,
     InMemoryEventBus,
@@ -982,11 +983,13 @@ async def test_leaving_the_context_ends_the_heartbeat_task_once_it_runs() -> Non
 async def test_a_duplicate_connection_id_is_refused_and_the_first_is_unaffected() -> None:
     async with pipeline() as (_, broadcaster, _):
         async with broadcaster.connect(connection_id="tab-1") as first:
-            with pytest.raises(ConfigurationError):
+            with pytest.raises(DuplicateConnectionError) as caught:
                 async with broadcaster.connect(connection_id="tab-1"):
                     pass
             assert broadcaster.registry.snapshot() == (first,)
             assert not first.closed
+    assert caught.value.connection_id == "tab-1"
+    assert not isinstance(caught.value, ConfigurationError)  # a run-time clash, not a setting
 
 
 # --- metrics -------------------------------------------------------------------------------

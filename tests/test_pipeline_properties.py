@@ -44,7 +44,7 @@ from hypothesis.stateful import (
 
 from ssebus import (
     Broadcaster,
-    ConfigurationError,
+    DuplicateConnectionError,
     Frame,
     InMemoryClientRegistry,
     InMemoryEventBus,
@@ -349,7 +349,7 @@ class RegistryMachine(RuleBasedStateMachine):
         # Held: resuming from position 0, its replay not yet run. Else live at position 0.
         connection.start(b"", self.ticks, Handover(self.ticks, "an id") if held else None)
         if connection_id in self.model:
-            with pytest.raises(ConfigurationError, match="connection_id"):
+            with pytest.raises(DuplicateConnectionError, match="already registered"):
                 self.registry.add(connection)
             assert self.registry.get(connection_id) is self.model[connection_id].connection
         else:

@@ -43,7 +43,9 @@ from ssebus import (
     BusUnavailableError,
     ConfigurationError,
     EventMap,
+    InvalidArgumentError,
     Subscription,
+    UnregisteredEventError,
     delivery_position,
 )
 from ssebus._position import PositionCodec
@@ -427,13 +429,16 @@ async def test_unknown_and_malformed_messages_are_skipped(
     assert not any("lost" in r.message for r in caplog.records)  # no gap: all were numbered
 
 
-async def test_publishing_an_unregistered_type_raises_configuration_error(
+async def test_publishing_an_unregistered_type_raises_unregistered_event_error(
     names: Callable[[], str],
 ) -> None:
     with anyio.fail_after(10):
         async with make_bus("streams", names()) as bus:
-            with pytest.raises(ConfigurationError, match="NotRegistered"):
+            with pytest.raises(UnregisteredEventError, match="NotRegistered") as caught:
                 await bus.publish(NotRegistered(1))
+            with pytest.raises(InvalidArgumentError, match="idempotency_key"):
+                await bus.publish(OrderPlaced("ord-1", 1), idempotency_key="")
+    assert caught.value.event_type is NotRegistered
 
 
 def test_register_rejects_bad_codecs() -> None:

@@ -14,10 +14,13 @@ from ._exceptions import (
     BusUnavailableError,
     ClosedError,
     ConfigurationError,
+    DuplicateConnectionError,
+    InvalidArgumentError,
     InvalidEventError,
     SerializationError,
     SseBusError,
     TooManyConnectionsError,
+    UnregisteredEventError,
 )
 from ._frame import Frame
 from ._history import InMemoryHistory
@@ -44,6 +47,7 @@ __all__ = [
     "BusUnavailableError",
     "ClosedError",
     "ConfigurationError",
+    "DuplicateConnectionError",
     "EventBusBase",
     "EventHistory",
     "EventMap",
@@ -55,6 +59,7 @@ __all__ = [
     "InMemoryClientRegistry",
     "InMemoryEventBus",
     "InMemoryHistory",
+    "InvalidArgumentError",
     "InvalidEventError",
     "JsonDumps",
     "MetricsHook",
@@ -72,6 +77,7 @@ __all__ = [
     "StandardFrameEncoder",
     "Subscription",
     "TooManyConnectionsError",
+    "UnregisteredEventError",
     "Unsubscribe",
     "compact_json",
     "delivery_position",

@@ -1,12 +1,18 @@
-"""The exceptions ssebus raises.
+"""The exceptions ssebus raises, each shown by its public path (``ssebus.ClosedError``).
 
 SseBusError
- ├── InvalidEventError        a ServerSentEvent field cannot be put on the wire
- ├── SerializationError       a payload cannot be turned into event data
- ├── ConfigurationError       a constructor argument is out of range
- ├── ClosedError              the broadcaster or bus is not running
- ├── TooManyConnectionsError  a connection was refused: a connection limit is reached
- └── BusUnavailableError      the bus backend (e.g. Redis) cannot take the event now
+ ├── InvalidEventError          a ServerSentEvent field cannot be put on the wire
+ ├── SerializationError         a payload cannot be turned into event data
+ ├── ConfigurationError         a setting (constructor argument, route, registration) is wrong
+ ├── InvalidArgumentError       an argument of a run-time call (publish, replay) is wrong
+ ├── DuplicateConnectionError   a connection id is already registered
+ ├── UnregisteredEventError     the bus has no codec for the event's type (Redis publish)
+ ├── ClosedError                the broadcaster or bus is not running
+ ├── TooManyConnectionsError    a connection was refused: a connection limit is reached
+ └── BusUnavailableError        the bus backend (e.g. Redis) cannot take the event now
+
+The first six are also ``ValueError``s, ``ClosedError`` and ``TooManyConnectionsError``
+``RuntimeError``s, ``BusUnavailableError`` a ``ConnectionError``.
 """
 
 from __future__ import annotations
@@ -16,6 +22,9 @@ __all__ = [
     "InvalidEventError",
     "SerializationError",
     "ConfigurationError",
+    "InvalidArgumentError",
+    "DuplicateConnectionError",
+    "UnregisteredEventError",
     "ClosedError",
     "TooManyConnectionsError",
     "BusUnavailableError",
@@ -54,12 +63,42 @@ class SerializationError(SseBusError, ValueError):
 
 
 class ConfigurationError(SseBusError, ValueError):
-    """A setting is outside what ssebus can work with; the message names it."""
+    """A setting is outside what ssebus can work with: a constructor argument, a route, a
+    registered type or handler. ``setting`` names it; raised while setting up, not later."""
 
     def __init__(self, setting: str, value: object, problem: str) -> None:
         self.setting = setting
         self.value = value
         super().__init__(f"invalid {setting}={value!r}: {problem}")
+
+
+class InvalidArgumentError(SseBusError, ValueError):
+    """An argument of a run-time call (``publish``, ``replay``) is out of range; ``argument``
+    names it and nothing was done."""
+
+    def __init__(self, argument: str, value: object, problem: str) -> None:
+        self.argument = argument
+        self.value = value
+        super().__init__(f"invalid {argument}={value!r}: {problem}")
+
+
+class DuplicateConnectionError(SseBusError, ValueError):
+    """A connection with ``connection_id`` is already registered; the new one was not."""
+
+    def __init__(self, connection_id: str) -> None:
+        self.connection_id = connection_id
+        super().__init__(f"connection id {connection_id!r} is already registered")
+
+
+class UnregisteredEventError(SseBusError, ValueError):
+    """``event_type`` is not registered on the bus, which cannot encode it; not published."""
+
+    def __init__(self, event_type: type[object], bus: str = "this bus") -> None:
+        self.event_type = event_type
+        super().__init__(
+            f"event type {event_type.__qualname__} is not registered on {bus}; "
+            "call bus.register(...) first"
+        )
 
 
 class ClosedError(SseBusError, RuntimeError):
@@ -90,3 +129,8 @@ class BusUnavailableError(SseBusError, ConnectionError):
     def __init__(self, message: str, *, idempotency_key: str | None = None) -> None:
         super().__init__(message)
         self.idempotency_key = idempotency_key
+
+
+for _name in __all__:  # tracebacks show ssebus.ClosedError, where users import it from
+    globals()[_name].__module__ = "ssebus"
+del _name

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 
 from ._connection import SseConnection
-from ._exceptions import ConfigurationError
+from ._exceptions import DuplicateConnectionError
 
 __all__ = ["InMemoryClientRegistry"]
 
@@ -61,7 +61,7 @@ class InMemoryClientRegistry:
     def add(self, connection: SseConnection) -> None:
         """Register ``connection``; an id already registered is refused."""
         if connection.id in self._connections:
-            raise ConfigurationError("connection_id", connection.id, "is already registered")
+            raise DuplicateConnectionError(connection.id)
         self._connections[connection.id] = connection
         self._everyone.add(connection)
         for index, topic in self._keys(connection):

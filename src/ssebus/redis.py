@@ -28,9 +28,9 @@ however far publishes have taken it since). Entries and messages hold JSON ``{"t
 name, "data": {...}}`` (stream fields ``type`` and ``data``; messages add ``seq``). Only
 registered types are decoded, see :meth:`RedisEventBus.register`.
 
-What a raised ``publish`` means: ``ConfigurationError`` (unregistered type),
-``SerializationError`` and ``ClosedError`` are raised before anything is sent: the event
-was not published. ``BusUnavailableError`` means Redis did not confirm within
+What a raised ``publish`` means: ``UnregisteredEventError``, ``InvalidArgumentError`` (the
+idempotency key), ``SerializationError`` and ``ClosedError`` are raised before anything is
+sent: the event was not published. ``BusUnavailableError`` means Redis did not confirm within
 ``publish_timeout``: the event may or may not have been published. Every publish carries
 an idempotency key (given, or generated and put on the error as ``idempotency_key``);
 retrying with ``idempotency_key=err.idempotency_key`` within ``dedupe_window`` seconds
@@ -70,7 +70,9 @@ from ._exceptions import (
     BusUnavailableError,
     ClosedError,
     ConfigurationError,
+    InvalidArgumentError,
     SerializationError,
+    UnregisteredEventError,
 )
 
 __all__ = ["RedisEventBus"]
@@ -372,11 +374,7 @@ class RedisEventBus(EventBusBase):
     def _encode(self, event: object) -> tuple[str, str]:
         codec = self._by_type.get(type(event))
         if codec is None:
-            raise ConfigurationError(
-                "event type",
-                type(event).__qualname__,
-                "is not registered on this RedisEventBus; call bus.register(...) first",
-            )
+            raise UnregisteredEventError(type(event), "this RedisEventBus")
         try:
             data = json.dumps(dict(codec.encode(event)), separators=(",", ":"), ensure_ascii=False)
         except Exception as exc:
@@ -443,7 +441,9 @@ class RedisEventBus(EventBusBase):
         if idempotency_key is None:
             idempotency_key = uuid.uuid4().hex
         elif not isinstance(idempotency_key, str) or not idempotency_key:
-            raise ConfigurationError("idempotency_key", idempotency_key, "must be a non-empty str")
+            raise InvalidArgumentError(
+                "idempotency_key", idempotency_key, "must be a non-empty str"
+            )
         name, data = self._encode(event)
         keys = self._keys
         window_ms = max(1, round(self.dedupe_window * 1000))
@@ -512,7 +512,7 @@ class RedisEventBus(EventBusBase):
         and skipped (and the page topped up, so only the last page is short).
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ConfigurationError("limit", limit, "must be an int >= 1")
+            raise InvalidArgumentError("limit", limit, "must be an int >= 1")
         script, client = self._replay_script, self._client
         if self.mode != "streams" or script is None or client is None or after < 0:
             return None
