@@ -6,7 +6,7 @@ history and each connection's bounded queue -> writer -> the client.
 
 from ._asgi import Authorize, Refusal, SseEndpoint
 from ._broadcaster import Broadcaster
-from ._bus import BusGap, EventBusBase, InMemoryEventBus, delivery_position
+from ._bus import BusGap, EventBusBase, IdempotencyWindow, InMemoryEventBus, delivery_position
 from ._connection import SseConnection
 from ._encoder import StandardFrameEncoder, encode_comment, encode_event
 from ._event import JsonDumps, ServerSentEvent, compact_json, orjson_dumps
@@ -56,6 +56,7 @@ __all__ = [
     "Handler",
     "IEventBus",
     "ISseClientRegistry",
+    "IdempotencyWindow",
     "InMemoryClientRegistry",
     "InMemoryEventBus",
     "InMemoryHistory",

@@ -17,7 +17,14 @@ from typing_extensions import Self
 from ._exceptions import ClosedError, ConfigurationError
 from ._protocols import Handler, Unsubscribe
 
-__all__ = ["BusGap", "EventBusBase", "InMemoryEventBus", "SubscriberTable", "delivery_position"]
+__all__ = [
+    "BusGap",
+    "EventBusBase",
+    "IdempotencyWindow",
+    "InMemoryEventBus",
+    "SubscriberTable",
+    "delivery_position",
+]
 
 logger = logging.getLogger("ssebus")
 
@@ -127,10 +134,13 @@ GapHandler = Callable[[BusGap], Awaitable[None]]
 
 
 class EventBusBase:
-    """What every bus shares: handlers by type, gap handlers, and delivery to both.
+    """The public base of a bus: handlers by type, gap handlers, and delivery to both.
 
-    A custom bus derives from it, calls :meth:`deliver` for each event it receives (with
-    its log position, if it has one) and :meth:`report_gap` when it knows events were lost.
+    A custom bus derives from it and writes ``publish`` (send the event over its
+    transport; :class:`IdempotencyWindow` honours ``idempotency_key``), calls
+    :meth:`deliver` for each event it receives (with its log position, if it has one) and
+    :meth:`report_gap` when it knows events were lost. ``subscribe`` and ``on_gap`` come
+    with it, so the result is an ``IEventBus`` the ``Broadcaster`` takes as it is.
     """
 
     def __init__(self, *, handler_timeout: float | None = 30.0) -> None:
@@ -143,6 +153,10 @@ class EventBusBase:
     def subscribe(self, event_type: type[E], handler: Handler[E]) -> Unsubscribe:
         """Call ``handler`` for every event of ``event_type`` or a subclass."""
         return self._subscribers.subscribe(event_type, handler)
+
+    def has_subscribers(self, event_type: type[Any]) -> bool:
+        """Whether an event of ``event_type`` would reach a handler (of it or of a base)."""
+        return bool(self._subscribers.handlers_for(event_type))
 
     def on_gap(self, handler: GapHandler) -> Unsubscribe:
         """Call ``handler`` with a :class:`BusGap` whenever events may have been lost."""
@@ -170,7 +184,8 @@ class EventBusBase:
 
 
 class IdempotencyWindow:
-    """Keys seen in the last ``seconds``, so a retried publish is delivered once."""
+    """Idempotency keys seen in the last ``seconds`` (at most ``max_keys``), so a retried
+    publish is delivered once: ``publish`` sends only when ``first_time(key)``."""
 
     def __init__(self, seconds: float, max_keys: int = 100_000) -> None:
         if not seconds > 0:
@@ -236,7 +251,7 @@ class InMemoryEventBus(EventBusBase):
         if idempotency_key is not None and not self._dedupe.first_time(idempotency_key):
             logger.debug("publish with idempotency key %r already done; skipped", idempotency_key)
             return
-        if not self._subscribers.handlers_for(type(event)):
+        if not self.has_subscribers(type(event)):
             self._unheard_of(type(event))
             return
         await self.deliver(event)
