@@ -42,9 +42,11 @@ def header(scope: Scope, name: bytes) -> str | None:
 
 
 async def authorize_cookie(scope: Scope) -> Subscription | Refusal:
-    origin = header(scope, b"origin")  # browsers send it on cross-origin requests
+    origin = header(scope, b"origin")  # sent on cross-origin EventSource and fetch requests
     if origin is not None and origin not in ALLOWED_ORIGINS:
         return Refusal(403, "origin not allowed")
+    if origin is None and header(scope, b"sec-fetch-site") == "cross-site":
+        return Refusal(403, "cross-site request without an origin")  # an <img src=...>
     morsel = SimpleCookie(header(scope, b"cookie") or "").get("session")
     found = SESSIONS.get(morsel.value) if morsel else None
     if found is None:
@@ -77,7 +79,8 @@ async def authorize_ticket(scope: Scope) -> Subscription | Refusal:
     user, tenant, expires = payload.split(".")
     if int(expires) < time.time():
         return Refusal(401, "stream ticket expired")
-    # The ticket only has to be valid when the stream opens; the session bounds the stream.
+    # The ticket only has to be valid when the stream opens; the stream then lasts as long
+    # as a session would (an hour here) and ends with a credentials-expired event.
     return Subscription(tenant=tenant, attributes={"user": user}, expires_at=time.time() + 3600)
 
 
