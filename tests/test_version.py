@@ -10,17 +10,16 @@ import pytest
 
 import ssebus
 
-tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
 
 def test_version_is_the_one_pyproject_declares() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     declared = tomllib.loads(PYPROJECT.read_text())["project"]["version"]
     assert ssebus.__version__ == declared
 
 
-def test_version_without_installed_metadata_is_a_valid_placeholder() -> None:
+def test_version_falls_back_to_0_unknown_without_distribution_metadata() -> None:
     # A source tree put on sys.path without installing it has no distribution metadata.
     code = (
         "import importlib.metadata as m\n"
