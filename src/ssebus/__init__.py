@@ -4,6 +4,9 @@ The flow: domain code -> ``IEventBus.publish`` -> ``Broadcaster`` (map, id, enco
 history and each connection's bounded queue -> writer -> the client.
 """
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _distribution_version
+
 from ._asgi import Authorize, Refusal, SseEndpoint
 from ._broadcaster import Broadcaster
 from ._bus import BusGap, EventBusBase, IdempotencyWindow, InMemoryEventBus, delivery_position
@@ -39,6 +42,11 @@ from ._protocols import (
 from ._registry import InMemoryClientRegistry
 from ._subscription import Subscription
 from ._types import Scope
+
+try:
+    __version__ = _distribution_version("ssebus")
+except PackageNotFoundError:  # a source tree on sys.path, never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "Authorize",
