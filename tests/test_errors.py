@@ -23,7 +23,7 @@ from ssebus.redis import RedisEventBus
 PUBLIC_ERRORS = sorted(
     (
         value
-        for value in vars(ssebus).values()
+        for value in (getattr(ssebus, name) for name in ssebus.__all__)
         if isinstance(value, type) and issubclass(value, BaseException)
     ),
     key=lambda cls: cls.__name__,

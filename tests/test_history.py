@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ssebus._history
-from ssebus import ConfigurationError, Frame, InMemoryHistory
+from ssebus import ConfigurationError, Frame, InMemoryHistory, InvalidArgumentError
 
 pytestmark = pytest.mark.anyio
 
@@ -444,9 +444,9 @@ async def test_a_history_that_dropped_nothing_always_answers(
 
 async def test_a_frame_without_a_tick_is_refused() -> None:
     history = InMemoryHistory()
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(InvalidArgumentError):
         history.append(Frame(None, None, b": ping\n"))
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(InvalidArgumentError):
         history.append(Frame("some-id", "notice", b"id: some-id\ndata: x\n\n"))
     assert len(history) == 0
 

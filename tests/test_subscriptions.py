@@ -70,6 +70,7 @@ from ssebus import (
     Frame,
     InMemoryClientRegistry,
     InMemoryEventBus,
+    InvalidArgumentError,
     Refusal,
     Scope,
     ServerSentEvent,
@@ -605,9 +606,9 @@ async def test_broadcast_of_a_ready_made_event_reaches_the_tenant_and_topics_giv
 async def test_broadcast_refuses_a_plain_str_as_topics() -> None:
     async with pipeline() as (_, broadcaster, tasks):
         letter_o = await join(tasks, broadcaster, Subscription(topics={"o"}))
-        with pytest.raises(ConfigurationError, match="topics"):
+        with pytest.raises(InvalidArgumentError, match="topics"):
             broadcaster.broadcast(ServerSentEvent(data="x"), topics="order:1")
-        with pytest.raises(ConfigurationError, match="tenant"):
+        with pytest.raises(InvalidArgumentError, match="tenant"):
             broadcaster.broadcast(ServerSentEvent(data="x"), tenant=5)  # type: ignore[arg-type]
     assert letter_o.events() == []
 

@@ -4,7 +4,7 @@ The flow: domain code -> ``IEventBus.publish`` -> ``Broadcaster`` (map, id, enco
 history and each connection's bounded queue -> writer -> the client.
 """
 
-from importlib.metadata import PackageNotFoundError
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _distribution_version
 
 from ._asgi import Authorize, Refusal, SseEndpoint
@@ -45,7 +45,7 @@ from ._types import Scope
 
 try:
     __version__ = _distribution_version("ssebus")
-except PackageNotFoundError:  # a source tree on sys.path, never installed
+except _PackageNotFoundError:  # a source tree on sys.path, never installed
     __version__ = "0+unknown"
 
 __all__ = [

@@ -22,7 +22,7 @@ from ._bus import BusGap, delivery_position
 from ._connection import SseConnection
 from ._encoder import StandardFrameEncoder
 from ._event import JsonDumps, ServerSentEvent, compact_json
-from ._exceptions import ClosedError, ConfigurationError
+from ._exceptions import ClosedError, ConfigurationError, InvalidArgumentError
 from ._frame import Frame
 from ._history import InMemoryHistory
 from ._mapping import EventMap
@@ -382,8 +382,8 @@ class Broadcaster:
         if self._state != "running":
             raise ClosedError("the broadcaster is not running; use 'async with Broadcaster(...)'")
         if tenant is not None and not isinstance(tenant, str):
-            raise ConfigurationError("tenant", tenant, "must be a str or None")
-        chosen = topic_set("topics", topics)
+            raise InvalidArgumentError("tenant", tenant, "must be a str or None")
+        chosen = topic_set("topics", topics, InvalidArgumentError)
         tick = None if self._positioned else self._latest + 1
         message = ServerSentEvent(
             data=message.data,

@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Collection, Iterator, Sequence
 from itertools import islice
 
-from ._exceptions import ConfigurationError
+from ._exceptions import ConfigurationError, InvalidArgumentError
 from ._frame import Frame
 
 __all__ = ["InMemoryHistory"]
@@ -85,7 +85,7 @@ class InMemoryHistory:
         """Keep ``frame`` (which has a tick, newer than any kept) in its tenant's partition."""
         tick = frame.tick
         if tick is None:
-            raise ConfigurationError("frame.tick", None, "only frames with a tick are kept")
+            raise InvalidArgumentError("frame.tick", None, "only frames with a tick are kept")
         if self.max_events == 0 or self.max_total == 0:
             self._floor = max(self._floor, tick)
             return

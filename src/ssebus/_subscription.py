@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from ._exceptions import ConfigurationError
+from ._exceptions import ConfigurationError, InvalidArgumentError
 
 if TYPE_CHECKING:
     from ._frame import Frame
@@ -81,14 +81,20 @@ class Subscription:
 EVERYTHING = Subscription()
 
 
-def topic_set(name: str, topics: Iterable[str]) -> frozenset[str]:
+def topic_set(
+    name: str,
+    topics: Iterable[str],
+    error: type[ConfigurationError | InvalidArgumentError] = ConfigurationError,
+) -> frozenset[str]:
+    """``topics`` as a frozenset of str, or ``error`` naming ``name`` (a constructor's
+    setting, or a run-time call's argument)."""
     if isinstance(topics, str):
-        raise ConfigurationError(name, topics, "must be a collection of str, not one str")
+        raise error(name, topics, "must be a collection of str, not one str")
     try:
         result = frozenset(topics)
     except TypeError:
-        raise ConfigurationError(name, topics, "must be a collection of str") from None
+        raise error(name, topics, "must be a collection of str") from None
     for topic in result:
         if not isinstance(topic, str):
-            raise ConfigurationError(name, topic, "each topic must be a str")
+            raise error(name, topic, "each topic must be a str")
     return result
