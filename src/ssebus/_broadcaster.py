@@ -39,7 +39,7 @@ from ._protocols import (
 )
 from ._registry import InMemoryClientRegistry
 from ._resume import Replay
-from ._seam import Background
+from ._seam import Background, soon_from_anywhere
 from ._subscription import EVERYTHING, Subscription, topic_set
 from ._types import Receive
 from ._watch import watch_disconnect
@@ -213,6 +213,8 @@ class Broadcaster:
     async def _start(self, tasks: anyio.abc.TaskGroup) -> Self:
         self._background = Background(tasks)
         self._stack.push_async_callback(self._background.aclose)
+        #: Runs a callback on this broadcaster's loop, from a stream on any other.
+        self._at_home = soon_from_anywhere()
         bus = self.bus
         if isinstance(bus, ReplayableEventBus):
             self._codec = PositionCodec(bus.position_secret())
@@ -599,7 +601,7 @@ class Broadcaster:
                 level = logging.INFO
             logger.log(level, "connection %s closed: %s", connection.id, reason)
             if self._closing() and not len(self.registry):
-                self._drained.set()
+                self._at_home(self._drained.set)
 
     @property
     def max_connections(self) -> int | None:

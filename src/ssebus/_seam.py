@@ -17,6 +17,9 @@ import anyio.abc
 __all__ = ["Background", "Waiter", "new_waiter", "soon_from_anywhere", "wake"]
 
 
+_get_running_loop = asyncio.events._get_running_loop  # C; None outside a loop's thread
+
+
 def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
     try:
         return asyncio.get_running_loop()
@@ -39,12 +42,22 @@ def new_waiter() -> tuple[Waiter, Awaitable[object]]:
 
 
 def wake(waiter: Waiter) -> None:
-    """Wake whoever awaits ``waiter``; harmless if it already woke or was cancelled."""
+    """Wake whoever awaits ``waiter``, from its own loop directly or from any other thread
+    through that loop's ``call_soon_threadsafe``; harmless if it already woke or was
+    cancelled."""
     if isinstance(waiter, asyncio.Future):
-        if not waiter.done():  # a cancelled wait leaves a cancelled future
+        loop = waiter.get_loop()
+        if loop is not _get_running_loop():  # another loop's stream: a granian thread worker
+            loop.call_soon_threadsafe(_resolve, waiter)
+        elif not waiter.done():  # a cancelled wait leaves a cancelled future
             waiter.set_result(None)
     else:
         waiter.set()
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class Background:

@@ -12,6 +12,11 @@ no stream to wait for; Python's default ends the process; trio raises KeyboardIn
 where it is safe). A second signal meanwhile is handed on at once. Nothing is patched. A
 server that installs its handlers later replaces ours, so :meth:`SignalChain.ensure` is
 called again at every new stream.
+
+A server that listens through asyncio's ``loop.add_signal_handler`` (hypercorn, granian's
+workers) hears the signal through the loop's wakeup fd whatever Python handler is
+installed: its shutdown starts alongside ours, and the signal is not raised again (granian's
+worker blocks for good on a third stop request).
 """
 
 from __future__ import annotations
@@ -101,7 +106,8 @@ class SignalChain:
         if signal.getsignal(signum) is self._handler:
             signal.signal(signum, previous)
         self._previous.pop(signum, None)
-        signal.raise_signal(signum)
+        if not _loop_dispatched(previous):
+            signal.raise_signal(signum)
 
     def _pass_on(self, signum: int, frame: FrameType | None) -> None:
         previous = self._previous.get(signum, signal.SIG_DFL)
@@ -110,3 +116,10 @@ class SignalChain:
         else:
             signal.signal(signum, previous)
             signal.raise_signal(signum)
+
+
+def _loop_dispatched(handler: object) -> bool:
+    """True for the placeholder asyncio installs with ``loop.add_signal_handler``: the loop
+    has already run its own handler for this signal (through its wakeup fd)."""
+    unix_events = getattr(asyncio, "unix_events", None)
+    return handler is not None and handler is getattr(unix_events, "_sighandler_noop", None)
