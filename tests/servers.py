@@ -41,14 +41,10 @@ DEMO = ROOT / "examples" / "orders_app.py"
 APPS = ROOT / "tests" / "apps.py"
 
 #: The servers every live test runs against.
-SERVERS = ("uvicorn", "hypercorn", "hypercorn-trio", "daphne")
+SERVERS = ("uvicorn", "hypercorn", "hypercorn-trio", "daphne", "granian")
 #: Those, and the servers whose lifecycle tests (stopping) also run: gunicorn with uvicorn's
 #: worker (a master process and one worker).
 LIFECYCLE_SERVERS = (*SERVERS, "gunicorn")
-#: granian (GIL build) serves each worker process on one asyncio loop in its main thread,
-#: lifespan included; its stopping and live tests are ``tests/test_granian.py`` (the
-#: fd-limit admission and stalled-client memory tests do not pass under it yet).
-OTHER_SERVERS = ("granian",)
 #: Servers that send no ASGI lifespan: the endpoint starts its broadcaster at the first
 #: request (``tests/test_lifespanless.py``).
 LIFESPANLESS_SERVERS = ("daphne",)
@@ -228,7 +224,7 @@ def app_command(
 ) -> list[str]:
     """The command line that serves ``tests.apps:<factory>`` with ``server`` on ``port``;
     ``workers=N`` asks the server for N worker processes (uvicorn, gunicorn, hypercorn)."""
-    if server not in (*LIFECYCLE_SERVERS, *OTHER_SERVERS):
+    if server not in LIFECYCLE_SERVERS:
         raise ValueError(f"unknown server {server!r}; one of {LIFECYCLE_SERVERS}")
     if server == "daphne":
         # No launcher: daphne's own command is how it runs, and it stops the streams

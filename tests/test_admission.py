@@ -422,7 +422,17 @@ def client_fds() -> Iterator[None]:
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-@pytest.mark.parametrize("server", SERVERS)
+#: granian takes at most ``--backpressure`` requests at once per worker (1,024 by default)
+#: and leaves the rest unread in its backlog, so past that no request reaches the app to be
+#: answered; raise it above ``max_connections`` (README: "Limits").
+BACKPRESSURE = pytest.mark.xfail(
+    strict=True, reason="granian stops reading requests past --backpressure (1,024)"
+)
+
+
+@pytest.mark.parametrize(
+    "server", [pytest.param(s, marks=BACKPRESSURE) if s == "granian" else s for s in SERVERS]
+)
 @pytest.mark.usefixtures("client_fds")
 def test_past_the_default_limit_newcomers_get_503_and_open_streams_and_routes_carry_on(
     server: str,

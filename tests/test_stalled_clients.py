@@ -79,9 +79,17 @@ NO_BACKPRESSURE = pytest.mark.xfail(
 )
 
 
+#: granian closes the evicted clients' sockets, but its resident memory stays about 15 MiB
+#: up (37 -> 52 MiB here) after they are gone: not explained yet.
+MEMORY_KEPT = pytest.mark.xfail(
+    strict=True, reason="granian's RSS stays ~15 MiB up after the evicted sockets close"
+)
+KNOWN = {"daphne": NO_BACKPRESSURE, "granian": MEMORY_KEPT}
+
+
 @pytest.mark.parametrize(
     "server",
-    [pytest.param(s, marks=NO_BACKPRESSURE) if s == "daphne" else s for s in LIFECYCLE_SERVERS],
+    [pytest.param(s, marks=KNOWN[s]) if s in KNOWN else s for s in LIFECYCLE_SERVERS],
 )
 def test_evicting_twenty_stalled_clients_frees_their_sockets_and_memory(server: str) -> None:
     with serve_app(server, "starlette_app", env=ENV) as process:
