@@ -375,7 +375,7 @@ def prometheus_routes(broadcaster: Broadcaster) -> list[Route]:
     except ImportError:
         return []
     registry = CollectorRegistry()
-    ssebus.prometheus.register(broadcaster, registry)
+    ssebus.prometheus.register(broadcaster, registry, tenants=10)
 
     async def scrape(request: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -14,8 +14,8 @@ from clients import join, leave, running, wait_until
 from domain import OrderCreatedDomainEvent, order_events
 
 import ssebus
-from ssebus import RESET_REASONS, Metric, MetricKind, MetricsSnapshot
-from ssebus._metrics import Metrics
+from ssebus import RESET_REASONS, Metric, MetricKind, MetricsSnapshot, Subscription
+from ssebus._metrics import NO_TENANT, OTHER_TENANTS, Metrics, connections_by_tenant
 
 pytestmark = pytest.mark.anyio
 
@@ -162,3 +162,11 @@ def test_as_dict_gives_every_counter_and_gauge_as_a_number() -> None:
             assert numbers[metric] == (2 if metric is Metric.ACTIVE_CONNECTIONS else 0)
     assert all(isinstance(value, (int, float)) for value in numbers.values())
     json.dumps(numbers)
+
+
+def test_connections_by_tenant_keeps_the_busiest_tenants_and_sums_the_rest() -> None:
+    tenants = ["a", "a", "a", "b", "b", "c", None, "d"]
+    counted = connections_by_tenant([Subscription(tenant=t) for t in tenants], top=2)
+    assert counted == [("a", 3), ("b", 2), (OTHER_TENANTS, 3)]
+    assert connections_by_tenant([Subscription(tenant=None)], top=2) == [(NO_TENANT, 1)]
+    assert connections_by_tenant([], top=2) == []

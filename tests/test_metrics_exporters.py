@@ -17,7 +17,7 @@ from servers import serve_demo
 
 import ssebus.otel
 import ssebus.prometheus
-from ssebus import Broadcaster, InMemoryEventBus, Metric, MetricKind
+from ssebus import Broadcaster, InMemoryEventBus, Metric, MetricKind, Subscription
 
 pytestmark = pytest.mark.anyio
 
@@ -85,7 +85,10 @@ async def test_a_prometheus_scrape_reads_the_metrics_at_scrape_time() -> None:
 def test_the_demo_serves_a_prometheus_scrape_over_http() -> None:
     with serve_demo() as server:
         httpx.post(f"{server.url}/orders", json={"customer": "ana", "tenant": "acme"})
-        response = httpx.get(f"{server.url}/metrics/prometheus")
+        with httpx.stream("GET", f"{server.url}/events?tenant=globex") as stream:
+            chunks = stream.iter_raw()  # kept: a dropped iterator closes the stream
+            assert next(chunks).startswith(b"retry:")  # the prelude: it is registered
+            response = httpx.get(f"{server.url}/metrics/prometheus")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=")
     families = {f.name: f for f in text_string_to_metric_families(response.text)}
@@ -93,6 +96,7 @@ def test_the_demo_serves_a_prometheus_scrape_over_http() -> None:
     assert sample(families, "ssebus_events_published_total") == 1
     assert families["ssebus_active_connections"].type == "gauge"
     assert families["ssebus_broadcast_seconds"].type == "histogram"
+    assert sample(families, "ssebus_tenant_connections", tenant="globex") == 1
 
 
 async def test_opentelemetry_reads_each_metric_from_observable_instruments() -> None:
@@ -134,6 +138,36 @@ async def test_opentelemetry_reads_each_metric_from_observable_instruments() -> 
     assert points["ssebus.broadcast_seconds.count"] == [({}, 2)]
     assert ({"reason": "not-in-history"}, 1) in points["ssebus.resets"]
     assert isinstance(metrics["ssebus.broadcast_seconds.max"].data, Gauge)
+
+
+async def test_per_tenant_connections_are_labelled_for_the_busiest_tenants_only() -> None:
+    registry = CollectorRegistry()
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    async with running(order_events()) as (_, broadcaster, tasks):
+        ssebus.prometheus.register(broadcaster, registry, tenants=1)
+        ssebus.otel.instrument(broadcaster, provider.get_meter("ssebus"), tenants=1)
+        for tenant in ["acme", "acme", "globex", "initech"]:
+            await join(tasks, broadcaster, subscription=Subscription(tenant=tenant))
+        families = scrape(registry)
+        data = reader.get_metrics_data()
+    assert families["ssebus_tenant_connections"].type == "gauge"
+    labelled = {s.labels["tenant"]: s.value for s in families["ssebus_tenant_connections"].samples}
+    assert labelled == {"acme": 2, "(other)": 2}
+    assert data is not None
+    (exported,) = [
+        m
+        for r in data.resource_metrics
+        for s in r.scope_metrics
+        for m in s.metrics
+        if m.name == "ssebus.tenant.connections"
+    ]
+    assert isinstance(exported.data, Gauge)
+    assert {
+        p.attributes["tenant"]: p.value
+        for p in exported.data.data_points
+        if p.attributes is not None
+    } == {"acme": 2, "(other)": 2}
 
 
 def test_the_exporters_accept_a_broadcaster_before_it_runs() -> None:

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import logging
 from bisect import bisect_left
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from enum import Enum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ._protocols import ISseClientRegistry
+    from ._subscription import Subscription
 
 __all__ = [
     "BROADCAST_SECONDS_BOUNDS",
@@ -18,6 +23,11 @@ __all__ = [
     "MetricsHook",
     "MetricsSnapshot",
     "MetricsSource",
+    "NO_TENANT",
+    "OTHER_TENANTS",
+    "TENANT_HELP",
+    "connections_by_tenant",
+    "tenant_connections",
 ]
 
 logger = logging.getLogger("ssebus")
@@ -232,9 +242,36 @@ class MetricsSnapshot:
 
 
 class MetricsSource(Protocol):
-    """What an exporter reads: a ``Broadcaster``, or anything with its ``metrics()``."""
+    """What an exporter reads: a ``Broadcaster``'s ``metrics()``, and its ``registry`` for the
+    per-tenant figures."""
+
+    @property
+    def registry(self) -> ISseClientRegistry: ...
 
     def metrics(self) -> MetricsSnapshot: ...
+
+
+#: The ``tenant`` label of streams without a tenant, and of all but the busiest tenants.
+NO_TENANT = "(none)"
+OTHER_TENANTS = "(other)"
+
+
+def connections_by_tenant(subscriptions: Iterable[Subscription], top: int) -> list[tuple[str, int]]:
+    """Streams per tenant for the ``top`` tenants with most, the rest summed as ``(other)``:
+    a label per tenant, but never more than ``top + 1`` of them."""
+    counts = Counter(s.tenant if s.tenant is not None else NO_TENANT for s in subscriptions)
+    busiest = counts.most_common(top)
+    rest = sum(counts.values()) - sum(count for _, count in busiest)
+    return [*busiest, (OTHER_TENANTS, rest)] if rest else busiest
+
+
+#: The help of the per-tenant ``tenant_connections`` gauge.
+TENANT_HELP = "Streams open now per tenant: the busiest ones, the rest as (other)."
+
+
+def tenant_connections(broadcaster: MetricsSource, top: int) -> list[tuple[str, int]]:
+    """The busiest ``top`` tenants' stream counts, read from the registry now."""
+    return connections_by_tenant((c.subscription for c in broadcaster.registry.snapshot()), top)
 
 
 class Metrics:
@@ -300,7 +337,7 @@ class Metrics:
     def add(self, metric: Metric, amount: int = 1) -> None:
         """Count ``amount`` more of the counter ``metric`` and tell the hook."""
         setattr(self, metric.value, getattr(self, metric.value) + amount)
-        if self.hook is not None:
+        if self.hook is not None and amount:
             self.emit(metric, amount)
 
     def reset(self, reason: str) -> None:

@@ -10,7 +10,14 @@ from collections.abc import Callable, Iterable
 
 from opentelemetry.metrics import CallbackOptions, Instrument, Meter, Observation
 
-from ._metrics import Metric, MetricKind, MetricsSnapshot, MetricsSource
+from ._metrics import (
+    TENANT_HELP,
+    Metric,
+    MetricKind,
+    MetricsSnapshot,
+    MetricsSource,
+    tenant_connections,
+)
 
 __all__ = ["instrument"]
 
@@ -18,13 +25,14 @@ Read = Callable[[MetricsSnapshot], Iterable[Observation]]
 
 
 def instrument(
-    broadcaster: MetricsSource, meter: Meter, *, prefix: str = "ssebus."
+    broadcaster: MetricsSource, meter: Meter, *, prefix: str = "ssebus.", tenants: int = 0
 ) -> list[Instrument]:
     """Observe ``broadcaster``'s metrics on ``meter`` as ``<prefix><name>``.
 
     Counters are observable counters (``resets`` with a ``reason`` attribute), gauges
     observable gauges. An observable histogram does not exist in OpenTelemetry, so
     ``broadcast_seconds`` is given as ``.count`` and ``.sum`` counters and a ``.max`` gauge.
+    ``tenants``: also ``tenant.connections`` for that many busiest tenants, + "(other)".
     """
 
     def callback(read: Read) -> Callable[[CallbackOptions], Iterable[Observation]]:
@@ -81,6 +89,17 @@ def instrument(
                     name, [callback(value(metric))], metric.unit, metric.help
                 )
             )
+    if tenants:
+
+        def per_tenant(options: CallbackOptions) -> Iterable[Observation]:
+            counted = tenant_connections(broadcaster, tenants)
+            return [Observation(count, {"tenant": tenant}) for tenant, count in counted]
+
+        instruments.append(
+            meter.create_observable_gauge(
+                f"{prefix}tenant.connections", [per_tenant], "{connection}", TENANT_HELP
+            )
+        )
     return instruments
 
 

@@ -17,7 +17,7 @@ from prometheus_client.core import (
 from prometheus_client.metrics_core import Metric as PrometheusMetric
 from prometheus_client.registry import Collector
 
-from ._metrics import Metric, MetricKind, MetricsSource
+from ._metrics import TENANT_HELP, Metric, MetricKind, MetricsSource, tenant_connections
 
 __all__ = ["SseBusCollector", "register"]
 
@@ -25,12 +25,16 @@ __all__ = ["SseBusCollector", "register"]
 class SseBusCollector(Collector):
     """Every ``ssebus.Metric`` of one broadcaster, as ``<namespace>_<name>`` families.
 
-    Counters get ``_total``, ``resets`` a ``reason`` label, ``broadcast_seconds`` buckets.
+    Counters get ``_total``, ``resets`` a ``reason`` label, ``broadcast_seconds`` buckets;
+    ``tenants``: also ``<namespace>_tenant_connections`` for the busiest tenants, + "(other)".
     """
 
-    def __init__(self, broadcaster: MetricsSource, namespace: str = "ssebus") -> None:
+    def __init__(
+        self, broadcaster: MetricsSource, namespace: str = "ssebus", tenants: int = 0
+    ) -> None:
         self.broadcaster = broadcaster
         self.namespace = namespace
+        self.tenants = tenants
 
     def collect(self) -> Iterator[PrometheusMetric]:
         """One family per metric, from a snapshot taken now."""
@@ -54,6 +58,13 @@ class SseBusCollector(Collector):
                 yield family
             else:
                 yield CounterMetricFamily(name, metric.help, value=getattr(snapshot, metric))
+        if self.tenants:
+            gauge = GaugeMetricFamily(
+                f"{self.namespace}_tenant_connections", TENANT_HELP, labels=["tenant"]
+            )
+            for tenant, count in tenant_connections(self.broadcaster, self.tenants):
+                gauge.add_metric([tenant], count)
+            yield gauge
 
 
 def register(
@@ -61,8 +72,10 @@ def register(
     registry: CollectorRegistry = REGISTRY,
     *,
     namespace: str = "ssebus",
+    tenants: int = 0,
 ) -> SseBusCollector:
-    """Add ``broadcaster``'s metrics to ``registry`` (the default one unless given)."""
-    collector = SseBusCollector(broadcaster, namespace)
+    """Add ``broadcaster``'s metrics to ``registry`` (the default one unless given); with
+    ``tenants``, the streams of that many busiest tenants too."""
+    collector = SseBusCollector(broadcaster, namespace, tenants)
     registry.register(collector)
     return collector
