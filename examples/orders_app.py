@@ -22,6 +22,7 @@ GET  /orders?tenant=acme   a tenant's orders and their status, to rebuild state 
                            its Last-Event-ID header is the stream position they were read at
                            (open /events?tenant=acme&lastEventId=... to continue from there)
 GET  /metrics              the broadcaster's metrics as JSON
+GET  /metrics/prometheus   the same for Prometheus to scrape (with prometheus_client installed)
 
 Each route that needs a tenant (all but ``/tenants``, ``/orders/{id}/status`` and
 ``/metrics``) takes exactly one ``tenant``, and never guesses one: none is a 401 (only ``/``
@@ -356,11 +357,30 @@ def build_app(
             Route("/orders", list_orders, methods=["GET"]),
             Route("/orders/{order_id}/status", change_status, methods=["POST"]),
             Route("/metrics", metrics),
+            *prometheus_routes(broadcaster),
         ],
         lifespan=lifespan,
     )
     app.state.broadcaster = broadcaster
     return app
+
+
+def prometheus_routes(broadcaster: Broadcaster) -> list[Route]:
+    """``GET /metrics/prometheus`` (ssebus.prometheus on a registry of this app's own), if
+    prometheus_client is installed (``pip install 'ssebus[prometheus]'``); else none."""
+    try:
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+        import ssebus.prometheus
+    except ImportError:
+        return []
+    registry = CollectorRegistry()
+    ssebus.prometheus.register(broadcaster, registry, tenants=10)
+
+    async def scrape(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return [Route("/metrics/prometheus", scrape)]
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from ._exceptions import (
 from ._frame import Frame
 from ._history import InMemoryHistory
 from ._mapping import EventMap, Route
-from ._metrics import MetricsHook, MetricsSnapshot
+from ._metrics import RESET_REASONS, Metric, MetricKind, MetricsHook, MetricsSnapshot
 from ._protocols import (
     EventHistory,
     FrameEncoder,
@@ -71,8 +71,11 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidEventError",
     "JsonDumps",
+    "Metric",
+    "MetricKind",
     "MetricsHook",
     "MetricsSnapshot",
+    "RESET_REASONS",
     "Refusal",
     "ReplayableEventBus",
     "Route",

@@ -17,7 +17,7 @@ import anyio
 import anyio.abc
 
 from ._exceptions import ConfigurationError, TooManyConnectionsError
-from ._metrics import Metrics
+from ._metrics import Metric, Metrics
 from ._subscription import Subscription
 
 __all__ = ["Admission", "MaxConnections", "connections_for_fd_limit", "open_files_limit"]
@@ -131,8 +131,7 @@ class Admission:
     def _refuse(
         self, setting: str, limit: int, key: str | None, tasks: anyio.abc.TaskGroup
     ) -> NoReturn:
-        self._metrics.connections_refused += 1
-        self._metrics.emit("connections_refused", 1)
+        self._metrics.add(Metric.CONNECTIONS_REFUSED)
         if setting in self._warned:
             self._refused[setting] += 1
         else:

@@ -26,7 +26,7 @@ from ._exceptions import ClosedError, ConfigurationError, InvalidArgumentError
 from ._frame import Frame
 from ._history import InMemoryHistory
 from ._mapping import EventMap
-from ._metrics import Metrics, MetricsHook, MetricsSnapshot
+from ._metrics import Metric, Metrics, MetricsHook, MetricsSnapshot
 from ._outbox import OutboxFull
 from ._position import PositionCodec
 from ._protocols import (
@@ -353,8 +353,7 @@ class Broadcaster:
             )
             data = self.encoder.encode(message)
         except Exception as exc:
-            self._metrics.events_dropped += 1
-            self._metrics.emit("events_dropped", 1)
+            self._metrics.add(Metric.EVENTS_DROPPED)
             logger.error(
                 "dropped %s: cannot build its %r event: %r", type(event).__name__, route.name, exc
             )
@@ -434,8 +433,7 @@ class Broadcaster:
             self._offer_allowed(frame, targets)
 
     def _published(self, started: float) -> None:
-        self._metrics.events_published += 1
-        self._metrics.emit("events_published", 1)
+        self._metrics.add(Metric.EVENTS_PUBLISHED)
         self._metrics.observe_broadcast(time.perf_counter() - started)
 
     def _offer_allowed(self, frame: Frame, targets: Sequence[SseConnection]) -> None:
@@ -462,17 +460,14 @@ class Broadcaster:
     def _evict(self, connection: SseConnection) -> None:
         connection.abort(f"evicted: more than {self.max_queue} frames queued", stalled=True)
         self.registry.remove(connection.id)
-        self._metrics.evictions += 1
-        self._metrics.emit("evictions", 1)
+        self._metrics.add(Metric.EVICTIONS)
         logger.warning("connection %s evicted: client too slow", connection.id)
 
     async def _on_gap(self, gap: BusGap) -> None:
         """The bus lost events: every connection gets a ``reset`` and moves past the gap."""
-        self._metrics.gaps += 1
-        self._metrics.emit("gaps", 1)
+        self._metrics.add(Metric.GAPS)
         if gap.lost:
-            self._metrics.events_lost += gap.lost
-            self._metrics.emit("events_lost", gap.lost)
+            self._metrics.add(Metric.EVENTS_LOST, gap.lost)
         position = gap.position if gap.position is not None else self._latest
         if isinstance(self.bus, ReplayableEventBus):
             # After a log reset the ticks start again and the bus has a new key, so that
@@ -494,8 +489,7 @@ class Broadcaster:
                 return data
 
             if not connection.catching_up:
-                self._metrics.resets += 1
-                self._metrics.emit("resets", 1)
+                self._metrics.reset("events-lost")
             connection.reset("events-lost", position, rewind, frame)
 
     async def _heartbeat_loop(self, interval: float) -> None:
@@ -577,8 +571,7 @@ class Broadcaster:
             connection.on_stall = partial(self._background.start, partial(on_stall, connection))
         if watch is not None and self._background is not None:
             stop_watching = watch_disconnect(self._background, connection, watch)
-        self._metrics.connections_opened += 1
-        self._metrics.emit("connections_opened", 1)
+        self._metrics.add(Metric.CONNECTIONS_OPENED)
         try:
             prelude = b"" if retry is None else self.encoder.encode(ServerSentEvent(retry=retry))
             self._replay.begin(connection, last_event_id, prelude)
@@ -591,7 +584,7 @@ class Broadcaster:
             connection.dispose()
             self.registry.remove(connection.id)
             self._admission.release(key)
-            self._metrics.emit("connections_closed", 1)
+            self._metrics.add(Metric.CONNECTIONS_CLOSED)
             reason = connection.close_reason or "stream ended"
             if reason.startswith("write"):
                 level = logging.WARNING

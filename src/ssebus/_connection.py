@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 
 from ._frame import Frame
-from ._metrics import Metrics
+from ._metrics import Metric, Metrics
 from ._outbox import Outbox
 from ._resume import Handover, Replay
 from ._subscription import EVERYTHING, Subscription
@@ -234,10 +234,11 @@ class SseConnection:
             return False
         finally:
             self._writing_since = None
-        if events:
-            self._metrics.frames_sent += events
-            if self._metrics.hook is not None:
-                self._metrics.emit("frames_sent", events)
+        metrics = self._metrics
+        metrics.frames_sent += events
+        metrics.bytes_sent += len(data)
+        if metrics.hook is not None:
+            metrics.sent(events, len(data))
         return not self._aborted
 
     async def run(self, write: Write) -> None:
@@ -297,11 +298,11 @@ class SseConnection:
                     return True
                 finally:
                     self._writing_since = None
-                if events:
-                    metrics = self._metrics
-                    metrics.frames_sent += events
-                    if metrics.hook is not None:
-                        metrics.emit("frames_sent", events)
+                metrics = self._metrics
+                metrics.frames_sent += events
+                metrics.bytes_sent += len(data)
+                if metrics.hook is not None:
+                    metrics.sent(events, len(data))
                 continue
             if self._closing:
                 return True
@@ -316,6 +317,5 @@ class SseConnection:
     def _write_failed(self, reason: str, *, stalled: bool = False) -> None:
         if self._aborted:
             return
-        self._metrics.write_errors += 1
-        self._metrics.emit("write_errors", 1)
+        self._metrics.add(Metric.WRITE_ERRORS)
         self.abort(reason, stalled=stalled)

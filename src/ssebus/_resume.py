@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ._frame import Frame
+from ._metrics import Metric
 from ._outbox import OutboxFull
 from ._subscription import Subscription
 
@@ -106,6 +107,7 @@ class Replay:
             connection.start(prelude + self.marker(subscription.tenant, newest), newest)
             return
         cursor = self.decode(partitions_of(subscription), last_event_id)
+        self.metrics.add(Metric.REPLAYS)
         connection.start(prelude, newest, Handover(cursor, last_event_id), self)
 
     def visible(self, frame: Frame, connection: SseConnection, *, matched: bool = False) -> bool:
@@ -126,8 +128,7 @@ class Replay:
             return False
 
     def predicate_failed(self, frame: Frame, count: int, exc: BaseException) -> None:
-        self.metrics.predicate_errors += count
-        self.metrics.emit("predicate_errors", count)
+        self.metrics.add(Metric.PREDICATE_ERRORS, count)
         logger.error(
             "allow predicate of %r failed for %d connection(s) (%r); not delivered to them",
             frame.event,
@@ -205,6 +206,7 @@ class Handover:
             self.cursor = cursor
             if chunk and not await connection.send(write, b"".join(chunk), len(chunk)):
                 return cursor
+            replay.metrics.add(Metric.REPLAYED_FRAMES, len(chunk))
             del chunk
             if connection.closing:
                 return cursor  # rule 7: what was held is gone, and so is the marker
@@ -237,6 +239,5 @@ class Handover:
         connection.outbox.put_control(
             replay.reset(connection.subscription.tenant, position, self.last_event_id, reason)
         )
-        replay.metrics.resets += 1
-        replay.metrics.emit("resets", 1)
+        replay.metrics.reset(reason)
         return position
