@@ -18,7 +18,7 @@ from typing import Any
 import griffe
 
 ROLE = re.compile(r":(?:py:)?(?:meth|func|class|attr|mod|exc|data|obj):`(~?)([\w.]+)`")
-PUBLIC_MODULES = ("ssebus", "ssebus.redis", "ssebus.testing")
+PUBLIC_MODULES = ("ssebus", "ssebus.redis", "ssebus.testing", "ssebus.prometheus", "ssebus.otel")
 
 
 class SphinxRoles(griffe.Extension):
