@@ -222,10 +222,13 @@ def uvicorn_command(factory: str, port: int, *options: str) -> list[str]:
 def app_command(
     server: str, factory: str, port: int, *, graceful: bool, workers: int | None = None
 ) -> list[str]:
-    """The command line that serves ``tests.apps:<factory>`` with ``server`` on ``port``;
-    ``workers=N`` asks the server for N worker processes (uvicorn, gunicorn, hypercorn)."""
+    """The command line that serves ``tests.apps:<factory>`` (or ``module:factory``) with
+    ``server`` on ``port``; ``workers=N`` asks the server for N worker processes (uvicorn,
+    gunicorn, hypercorn)."""
     if server not in LIFECYCLE_SERVERS:
         raise ValueError(f"unknown server {server!r}; one of {LIFECYCLE_SERVERS}")
+    module, _, factory = factory.rpartition(":")
+    module = module or "tests.apps"
     if server == "daphne":
         # No launcher: daphne's own command is how it runs, and it stops the streams
         # itself (SseEndpoint's signal chain), so it is the graceful way too.
@@ -239,13 +242,13 @@ def app_command(
             str(port),
             "--verbosity",  # warnings and up, no access log: as uvicorn's --log-level warning
             "0",
-            f"tests.apps:instances.{factory}",
+            f"{module}:instances.{factory}",
         ]
     if graceful and server != "granian":  # granian's own command already ends every stream
         return [sys.executable, str(APPS), server, factory, "--port", str(port)]
     if server == "uvicorn":
         options = () if workers is None else ("--workers", str(workers))
-        return uvicorn_command(f"tests.apps:{factory}", port, *options)
+        return uvicorn_command(f"{module}:{factory}", port, *options)
     if server == "gunicorn":
         return [
             sys.executable,
@@ -257,7 +260,7 @@ def app_command(
             str(workers or 1),
             "--bind",
             f"127.0.0.1:{port}",
-            f"tests.apps:{factory}()",
+            f"{module}:{factory}()",
         ]
     if server == "granian":
         return [
@@ -271,7 +274,7 @@ def app_command(
             "--port",
             str(port),
             "--factory",
-            f"tests.apps:{factory}",
+            f"{module}:{factory}",
         ]
     # --workers 0 by default: serve in this process rather than in a spawned worker, so
     # SIGINT reaches the server directly and a kill leaves no orphan behind.
@@ -285,7 +288,7 @@ def app_command(
         str(workers or 0),
         "--worker-class",
         "trio" if server == "hypercorn-trio" else "asyncio",
-        f"tests.apps:{factory}()",
+        f"{module}:{factory}()",
     ]
 
 
