@@ -9,6 +9,7 @@ mapped to a ``noted`` event; the lines between ``# ssebus:`` and ``# end`` are t
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,11 @@ class Noted:
 
 
 def new_broadcaster() -> Broadcaster:
+    """The broadcaster of every app, logging at INFO so that the test sees who started it."""
+    logger = logging.getLogger("ssebus")
+    if not logger.handlers:  # servers configure the root logger each their own way
+        logger.addHandler(logging.StreamHandler())
+        logger.setLevel(logging.INFO)
     events = EventMap()
     events.add(Noted, "noted", lambda event: {"text": event.text})
     return Broadcaster(InMemoryEventBus(), events)

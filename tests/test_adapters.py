@@ -15,7 +15,14 @@ import httpx
 import pytest
 from httpx_sse import EventSource
 from httpx_sse import ServerSentEvent as HttpxSseEvent
-from servers import CLEAN_EXIT, SERVERS, ServerProcess, httpx_sse_prelude_sync, serve_app
+from servers import (
+    CLEAN_EXIT,
+    LIFESPANLESS_SERVERS,
+    SERVERS,
+    ServerProcess,
+    httpx_sse_prelude_sync,
+    serve_app,
+)
 from sockets import open_stream, read_to_the_end
 
 FRAMEWORKS = ("asgi", "starlette", "fastapi", "litestar", "quart", "django")
@@ -73,12 +80,16 @@ def test_the_adapter_delivers_resumes_and_stops_cleanly_under_the_server(
             by_header = resumed(client, "/events", {"last-event-id": first.id})
             by_query = resumed(client, f"/events?lastEventId={first.id}", {})
             assert (by_header.id, by_query.id) == (second.id, second.id)
-        stops_cleanly_on_sigterm(process)
+        log = stops_cleanly_on_sigterm(process)
+    # The adapter wires the app's lifespan: only under a server that sends none does the
+    # endpoint start the broadcaster itself.
+    started_lazily = "started the Broadcaster at the first request" in log
+    assert started_lazily == (server in LIFESPANLESS_SERVERS), log
 
 
-def stops_cleanly_on_sigterm(process: ServerProcess) -> None:
+def stops_cleanly_on_sigterm(process: ServerProcess) -> str:
     """SIGTERM: the process exits within EXIT_WITHIN s, the open stream gets a ``retry:``
-    and a properly ended body, and the log holds no traceback."""
+    and a properly ended body, and the log holds no traceback; returns the log."""
     client = open_stream(process.port, "/events")
     time.sleep(0.2)  # registered: daphne and granian answer the head before the app runs
     asked = time.monotonic()
@@ -94,3 +105,4 @@ def stops_cleanly_on_sigterm(process: ServerProcess) -> None:
     assert re.search(rb"retry: \d+", goodbye), received[-300:]
     assert received.endswith(b"0\r\n\r\n"), f"cut, not ended: {received[-100:]!r}\n{log}"
     assert "Traceback" not in log, log
+    return log
