@@ -1,6 +1,10 @@
 """Quart glue: serve the stream at one path in front of the app, run it while serving.
 
-add_sse(app, "/events", broadcaster)
+    app = Quart(__name__)
+    add_sse(app, "/events", broadcaster)
+
+Quart's own routes answer every other path; its lifespan (``while_serving``) runs the
+broadcaster, or, under daphne, which sends none, the endpoint does from its first request.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ def lifespan(
     stream: Broadcaster | SseEndpoint,
 ) -> Callable[[object], AbstractAsyncContextManager[None]]:
     """An app ``lifespan=`` that starts the broadcaster with the app and closes it (every
-    stream getting its goodbye) at shutdown."""
+    stream getting its goodbye) at shutdown; in a lifespan of your own, ``async with`` it."""
     broadcaster = stream.broadcaster if isinstance(stream, SseEndpoint) else stream
 
     @asynccontextmanager
