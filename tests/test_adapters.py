@@ -18,7 +18,6 @@ from httpx_sse import ServerSentEvent as HttpxSseEvent
 from servers import (
     CLEAN_EXIT,
     LIFESPANLESS_SERVERS,
-    OTHER_SERVERS,
     SERVERS,
     ServerProcess,
     httpx_sse_prelude_sync,
@@ -29,12 +28,10 @@ from sockets import open_stream, read_to_the_end
 FRAMEWORKS = ("asgi", "starlette", "fastapi", "litestar", "quart", "django")
 #: Quart and Django run on asyncio only: hypercorn's trio worker cannot serve them at all.
 ASYNCIO_ONLY = ("quart", "django")
-#: The matrix's servers and granian (out of ``SERVERS`` for tests that fail under it).
-ADAPTER_SERVERS = (*SERVERS, *OTHER_SERVERS)
 PAIRS = [
     (framework, server)
     for framework in FRAMEWORKS
-    for server in ADAPTER_SERVERS
+    for server in SERVERS
     if not (server == "hypercorn-trio" and framework in ASYNCIO_ONLY)
 ]
 #: Broadcaster.shutdown_timeout's default, plus one second.
