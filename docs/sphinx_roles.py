@@ -18,7 +18,18 @@ from typing import Any
 import griffe
 
 ROLE = re.compile(r":(?:py:)?(?:meth|func|class|attr|mod|exc|data|obj):`(~?)([\w.]+)`")
-PUBLIC_MODULES = ("ssebus", "ssebus.redis", "ssebus.testing", "ssebus.prometheus", "ssebus.otel")
+PUBLIC_MODULES = (
+    "ssebus",
+    "ssebus.redis",
+    "ssebus.testing",
+    "ssebus.prometheus",
+    "ssebus.otel",
+    "ssebus.starlette",
+    "ssebus.fastapi",
+    "ssebus.litestar",
+    "ssebus.quart",
+    "ssebus.django",
+)
 
 
 class SphinxRoles(griffe.Extension):
