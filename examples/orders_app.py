@@ -18,14 +18,17 @@ GET  /tenants              two tenants' pages side by side
 GET  /events?tenant=acme   the event stream (resumes with Last-Event-ID)
 POST /orders               {"customer": "ana", "tenant": "acme"} -> OrderCreatedDomainEvent
 POST /orders/{id}/status   {"status": "shipped"}    -> OrderStatusChangedDomainEvent
-GET  /orders?tenant=acme   a tenant's orders and their status, to rebuild state after a reset;
-                           its Last-Event-ID header is the stream position they were read at
-                           (open /events?tenant=acme&lastEventId=... to continue from there)
+GET  /orders?tenant=acme   a tenant's orders and their status (the page loads them on opening
+                           and after a reset); its Last-Event-ID header is the stream position
+                           they were read at, which the page opens its stream at
+                           (/events?tenant=acme&lastEventId=...): nothing missed, nothing twice
+GET  /stats                live figures for the page: open streams, events per second and
+                           the last minute of them, sampled once a second from the metrics
 GET  /metrics              the broadcaster's metrics as JSON
 GET  /metrics/prometheus   the same for Prometheus to scrape (with prometheus_client installed)
 
-Each route that needs a tenant (all but ``/tenants``, ``/orders/{id}/status`` and
-``/metrics``) takes exactly one ``tenant``, and never guesses one: none is a 401 (only ``/``
+Each route that needs a tenant (all but ``/tenants``, ``/orders/{id}/status``, ``/stats``
+and ``/metrics``) takes exactly one ``tenant``, and never guesses one: none is a 401 (only ``/``
 redirects to ``/?tenant=acme`` instead), ``tenant`` twice or a look-alike such as
 ``TENANT=`` or ``tenant[]=`` a 400, an unknown tenant a 403; the reason names the
 parameter and the problem.
@@ -40,6 +43,7 @@ import json
 import random
 import re
 import secrets
+from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -233,6 +237,37 @@ async def simulate(orders: Orders) -> None:
             await orders.change_status(order_id, next_status)
 
 
+class Throughput:
+    """Events per second over the last minute, from the broadcaster's own counter of events
+    published (``ssebus.Metric.EVENTS_PUBLISHED``): :meth:`run` samples it once a second."""
+
+    def __init__(self, broadcaster: Broadcaster, seconds: int = 60) -> None:
+        self.broadcaster = broadcaster
+        self.per_second: deque[int] = deque(maxlen=seconds)
+        self._published: int | None = None
+
+    def sample(self) -> None:
+        published = self.broadcaster.metrics().events_published
+        if self._published is not None:
+            self.per_second.append(published - self._published)
+        self._published = published
+
+    async def run(self) -> None:
+        while True:
+            self.sample()
+            await anyio.sleep(1)
+
+    def figures(self) -> dict[str, Any]:
+        """What the page shows: open streams (all tenants'), events per second (the mean of
+        the last 10 s, as one second alone jumps about) and the last minute, second by second."""
+        recent = list(self.per_second)[-10:]
+        return {
+            "connections": self.broadcaster.metrics().active_connections,
+            "eventsPerSecond": round(sum(recent) / len(recent), 1) if recent else 0.0,
+            "lastMinute": list(self.per_second),
+        }
+
+
 def redis_bus(url: str, mode: Mode = "streams") -> RedisEventBus:
     """A Redis bus carrying the two order events (needs ``pip install 'ssebus[redis]'``)."""
     from ssebus.redis import RedisEventBus
@@ -277,6 +312,7 @@ def build_app(
         bus = bus or InMemoryEventBus()
         orders = Orders(bus)
     broadcaster = Broadcaster(bus, events, heartbeat=heartbeat, history=history)
+    throughput = Throughput(broadcaster)
 
     async def page(request: Request) -> Response:
         tenant = choose_tenant(query_pairs(request.scope))
@@ -333,6 +369,9 @@ def build_app(
         ]
         return JSONResponse(listed, headers={"last-event-id": position})
 
+    async def stats(request: Request) -> Response:
+        return JSONResponse(throughput.figures())
+
     async def metrics(request: Request) -> Response:
         return JSONResponse(broadcaster.metrics().as_dict())
 
@@ -343,6 +382,7 @@ def build_app(
                 await stack.enter_async_context(shared_bus)
             await stack.enter_async_context(broadcaster)
             tasks = await stack.enter_async_context(anyio.create_task_group())
+            tasks.start_soon(throughput.run)
             if simulate_orders:
                 tasks.start_soon(simulate, orders)
             yield
@@ -356,6 +396,7 @@ def build_app(
             Route("/orders", create_order, methods=["POST"]),
             Route("/orders", list_orders, methods=["GET"]),
             Route("/orders/{order_id}/status", change_status, methods=["POST"]),
+            Route("/stats", stats),
             Route("/metrics", metrics),
             *prometheus_routes(broadcaster),
         ],

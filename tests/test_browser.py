@@ -9,6 +9,11 @@
   order, and no ``reset``.
 * Reset: with a history too short for what the page missed, it gets a ``reset``, reloads
   its orders and reopens the stream at the position they were read at.
+* Load: the page shows orders made before it opened, and while its ``GET /orders`` and its
+  stream were on their way, each once with its customer; the stream delivers exactly what
+  the snapshot lacked. After a reset while orders are made, every order shows once.
+* Figures: open streams, events per second and the chart of the last minute follow
+  ``GET /stats``; the page loads nothing from elsewhere (it works offline).
 * Tenants: the demo's ``/tenants`` page shows ``/?tenant=acme`` and ``/?tenant=globex``
   side by side while ``--simulate`` creates orders for both; each sees only its own
   (screenshot ``artifacts/browser-tenants.png``).
@@ -28,7 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Frame, Page, Request, sync_playwright
+from playwright.sync_api import Browser, Frame, Page, Request, Route, sync_playwright
 from servers import ROOT, ServerProcess, serve_app, serve_demo
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -148,6 +153,16 @@ def distinct_ids(events: list[dict[str, Any]]) -> bool:
     """Every event carried an id of its own (ids are opaque positions: compare, never count)."""
     ids = [event["id"] for event in events]
     return all(ids) and len(set(ids)) == len(ids)
+
+
+def stream_position(request: Request) -> str:
+    """The position a stream request opened at: its ``lastEventId`` query parameter (the
+    acme page's stream query is exactly ``tenant`` and ``lastEventId``)."""
+    query = parse_qs(urlsplit(request.url).query)
+    assert query.keys() == {"tenant", "lastEventId"}, request.url
+    assert query["tenant"] == ["acme"]
+    [position] = query["lastEventId"]
+    return position
 
 
 def wait_state(page: Page, state: str) -> None:
@@ -310,15 +325,12 @@ def test_after_a_reset_the_page_reloads_the_orders_and_resumes_from_their_positi
         assert metrics(http, server)["connections_opened"] == 3
         assert len(stream_requests) == 3
         fresh, resumed, reopened = stream_requests
+        initial, reloaded = (snapshot["last-event-id"] for snapshot in snapshots)
         assert "last-event-id" not in fresh.all_headers()
+        assert stream_position(fresh) == initial
         assert resumed.all_headers()["last-event-id"] == first["id"]
-        [snapshot] = snapshots
-        position = snapshot["last-event-id"]
         assert "last-event-id" not in reopened.all_headers()
-        assert parse_qs(urlsplit(reopened.url).query) == {
-            "tenant": ["acme"],
-            "lastEventId": [position],
-        }
+        assert stream_position(reopened) == reloaded
         page.close()
 
 
@@ -382,3 +394,153 @@ def orders_of(http: httpx.Client, server: ServerProcess, tenant: str) -> set[str
     response = http.get(f"{server.url}/orders", params={"tenant": tenant})
     response.raise_for_status()
     return {order["orderId"] for order in response.json()}
+
+
+# -- the page's load: a snapshot, then the stream from its position --------------------------
+
+
+def rows_of(page: Page) -> list[list[str]]:
+    """Every row of the orders table, top to bottom, as its cell texts."""
+    texts: list[str] = page.locator("#orders tr").all_inner_texts()
+    return [text.split("\t") for text in texts]
+
+
+def wait_rows(page: Page, count: int) -> list[list[str]]:
+    page.wait_for_function("n => document.querySelectorAll('#orders tr').length >= n", arg=count)
+    return rows_of(page)
+
+
+def test_orders_made_before_and_while_the_page_loads_each_show_once_with_their_customer(
+    page: Page, http: httpx.Client
+) -> None:
+    """Orders exist before the page opens; more are made and changed while ``GET /orders``
+    travels back (after the server read it) and while the stream is on its way: each order
+    is one row with its customer and latest status, and the stream delivers exactly the
+    events the snapshot did not contain, once each."""
+    with serve_demo() as server:
+        ana = create_order(http, server, "ana")
+        bruno = create_order(http, server, "bruno")
+        change_status(http, server, ana, "paid")
+        made: dict[str, str] = {}
+
+        def snapshot_in_flight(route: Route) -> None:
+            response = route.fetch()  # the server has read the orders and their position
+            if not made:
+                made["carla"] = create_order(http, server, "carla")
+                change_status(http, server, bruno, "paid")
+            route.fulfill(response=response)
+
+        def stream_on_its_way(route: Route) -> None:
+            if "davi" not in made:
+                made["davi"] = create_order(http, server, "davi")
+                change_status(http, server, made["carla"], "paid")
+            route.continue_()
+
+        page.route("**/orders?*", snapshot_in_flight)
+        page.route("**/events?*", stream_on_its_way)
+        open_page(page, server)
+        assert made.keys() == {"carla", "davi"}, "the page loaded no GET /orders, or no stream"
+        carla, davi = made["carla"], made["davi"]
+
+        events = wait_received(page, 4)
+        wait_status(page, carla, "paid")
+        assert as_expected(events) == [
+            created(carla, "carla"),
+            changed(bruno, "created", "paid"),
+            created(davi, "davi"),
+            changed(carla, "created", "paid"),
+        ]
+        assert distinct_ids(events)
+        assert rows_of(page) == [
+            [davi, "davi", "created"],
+            [carla, "carla", "paid"],
+            [bruno, "bruno", "paid"],
+            [ana, "ana", "paid"],
+        ]
+        page.close()
+
+
+#: The chart's points as [x, y] pairs; y 100 is the baseline (no events that second).
+CHART_POINTS = """() => document.querySelector('#chart polyline').getAttribute('points')
+    .split(' ').filter(Boolean).map(point => point.split(',').map(Number))"""
+
+
+def test_the_figures_show_open_streams_events_per_second_and_a_chart_of_the_last_minute(
+    page: Page, http: httpx.Client
+) -> None:
+    """Fed by ``GET /stats``; everything the page loads comes from the demo (no CDN)."""
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
+    with serve_demo() as server:
+        open_page(page, server)
+        page.wait_for_function("document.getElementById('connections').textContent === '1'")
+        assert page.inner_text("#rate") == "0.0"  # nothing published yet
+        assert all(y == 100 for _, y in page.evaluate(CHART_POINTS))
+
+        for customer in ("ana", "bruno", "carla", "davi", "elis"):
+            create_order(http, server, customer)
+        page.wait_for_function("Number(document.getElementById('rate').textContent) > 0")
+        # A point per second sampled, one of them above the baseline.
+        page.wait_for_function(
+            f"() => {{ const points = ({CHART_POINTS})();"
+            " return points.length >= 2 && points.some(([x, y]) => y < 100); }"
+        )
+        points = page.evaluate(CHART_POINTS)
+        assert [x for x, _ in points] == sorted(x for x, _ in points)
+        assert points[-1][0] == 600  # the newest second on the right edge
+        assert 1 <= int(page.inner_text("#peak")) <= 5
+        assert page.inner_text("#connections") == "1"
+        page.close()
+    assert requested
+    assert [url for url in requested if not url.startswith(f"{server.url}/")] == []
+
+
+def test_after_a_reset_during_new_orders_the_page_shows_every_order_once(
+    page: Page, http: httpx.Client
+) -> None:
+    """History keeps 2 events per tenant: the page, kicked off while orders are made, gets a
+    ``reset`` on its return and reloads; one more order is made while that reload travels
+    back. Every order is one row with its customer, and nothing after the reset is twice."""
+    snapshots: list[str] = []
+
+    def reload_in_flight(route: Route) -> None:
+        response = route.fetch()
+        snapshots.append(response.headers["last-event-id"])
+        if len(snapshots) == 2:  # the reload after the reset
+            made["davi"] = create_order(http, server, "davi")
+        route.fulfill(response=response)
+
+    made: dict[str, str] = {}
+    with serve_app("uvicorn", "orders_app_short_history", graceful=True) as server:
+        ana = create_order(http, server, "ana")
+        page.route("**/orders?*", reload_in_flight)
+        open_page(page, server)
+
+        kicked = http.post(f"{server.url}/kick")
+        assert kicked.json() == {"kicked": 1}
+        page.wait_for_function("document.getElementById('state').textContent !== 'connected'")
+        bruno = create_order(http, server, "bruno")
+        change_status(http, server, ana, "paid")
+        carla = create_order(http, server, "carla")
+        assert metrics(http, server)["connections_opened"] == 1, (
+            "the browser reconnected before the events were published: nothing was missed"
+        )
+
+        [reset, _] = wait_received(page, 2)
+        assert reset["type"] == "reset"
+        wait_state(page, "connected")
+        elis = create_order(http, server, "elis")  # live, on the reopened stream
+        events = wait_received(page, 3)
+        davi = made["davi"]
+
+        assert as_expected(events)[1:] == [created(davi, "davi"), created(elis, "elis")]
+        assert distinct_ids(events)
+        assert rows_of(page) == [
+            [elis, "elis", "created"],
+            [davi, "davi", "created"],
+            [carla, "carla", "created"],
+            [bruno, "bruno", "created"],
+            [ana, "ana", "paid"],
+        ]
+        assert len(snapshots) == 2
+        page.close()
