@@ -188,7 +188,7 @@ def test_page_of_a_known_tenant_is_served_and_never_redirected(
 
 def test_page_script_opens_its_stream_with_the_tenant_of_its_url_and_no_default() -> None:
     script = PAGE.read_text(encoding="utf-8")
-    assert re.search(r'new EventSource\("/events" \+ query\)', script)
+    assert re.search(r"new EventSource\(`/events\$\{query\}&\$\{from\}`\)", script)
     assert "const query = `?tenant=${encodeURIComponent(tenant)}`;" in script
     assert re.search(r'fetch\("/orders" \+ query\)', script)
     # The server picks (or refuses) the tenant; the page never silently falls back to one.

@@ -52,6 +52,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Literal, TypeVar, cast
 
 import anyio
+import anyio.lowlevel
 from typing_extensions import Self
 
 try:
@@ -78,6 +79,9 @@ from ._exceptions import (
 __all__ = ["RedisEventBus"]
 
 logger = logging.getLogger("ssebus.redis")
+
+#: Replayed entries decoded between two turns of the event loop.
+DECODE_SLICE = 10
 
 E = TypeVar("E")
 Mode = Literal["pubsub", "streams"]
@@ -531,6 +535,8 @@ class RedisEventBus(EventBusBase):
                 return None
             rows = len(reply) // 3
             for row in range(rows):
+                if row and not row % DECODE_SLICE:
+                    await anyio.lowlevel.checkpoint()  # other requests get a turn
                 tick, kind, data = reply[3 * row + 1 : 3 * row + 4]
                 event = self._decode_json(kind, data, tick)
                 if event is not None:
