@@ -111,6 +111,8 @@ class _TimedRegistry(InMemoryClientRegistry):
 class SsebusVariant:
     """``Broadcaster`` on an ``InMemoryEventBus``; ``SseEndpoint`` streams it."""
 
+    write_delay = 0.0
+
     def __init__(self) -> None:
         self.dropped: list[float] = []
         self.bus = InMemoryEventBus()
@@ -118,6 +120,7 @@ class SsebusVariant:
             self.bus,
             EventMap({OrderUpdated: ("order", payload)}),
             heartbeat=15.0,
+            write_delay=self.write_delay,
         )
         # Set, not passed: Broadcaster(registry=...) drops a registry that is empty, as
         # ``registry or InMemoryClientRegistry()`` finds it false.
@@ -137,6 +140,12 @@ class SsebusVariant:
 
     async def publish(self, event: OrderUpdated) -> None:
         await self.bus.publish(event)
+
+
+class SsebusDelayVariant(SsebusVariant):
+    """The same with ``write_delay=0.005``: a busy stream writes at most every 5 ms."""
+
+    write_delay = 0.005
 
 
 class SseStarletteVariant:
@@ -213,6 +222,7 @@ class BareVariant:
 
 VARIANTS: dict[str, Callable[[], Variant]] = {
     "ssebus": SsebusVariant,
+    "ssebus-delay": SsebusDelayVariant,
     "sse-starlette": SseStarletteVariant,
     "bare": BareVariant,
 }

@@ -64,8 +64,8 @@ from typing import Any, cast
 import uvloop
 
 APPS = Path(__file__).with_name("_fanout_apps.py")
-VARIANTS = ("ssebus", "sse-starlette", "bare")
-SCENARIOS = ("burst", "steady", "slow", "10k")
+VARIANTS = ("ssebus", "ssebus-delay", "sse-starlette", "bare")
+SCENARIOS = ("burst", "turn", "steady", "slow", "10k")
 TIMESTAMP = re.compile(rb'"t":([0-9.]+)')
 SSE_REQUEST = b"GET /sse HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n"
 CONNECT_CONCURRENCY = 200
@@ -85,6 +85,7 @@ class Scenario:
     stall_every: int = 0  # every n-th client stops reading (0: none)
     sndbuf: int = 0  # server SO_SNDBUF (0: the kernel's autotuning)
     rcvbuf: int = 0  # stalled clients' SO_RCVBUF
+    yield_every: int = 0  # the publisher yields after this many events (0: --yield-every)
 
 
 @dataclass
@@ -353,7 +354,8 @@ async def measure(scenario: Scenario, variant: str, args: argparse.Namespace) ->
                 cpu, load = server.cpu(), load_cpu()
                 query = f"count={scenario.events}&rate={scenario.rate}&size={args.size}"
                 published = await server.request(
-                    "POST", f"/publish?{query}&yield_every={args.yield_every}"
+                    "POST",
+                    f"/publish?{query}&yield_every={scenario.yield_every or args.yield_every}",
                 )
                 await wait_delivered(tally, expected)
                 cpu, load = server.cpu() - cpu, load_cpu() - load
@@ -519,6 +521,13 @@ def plan(args: argparse.Namespace) -> list[Scenario]:
     every = f"yielding every {args.yield_every}"
     scenarios = {
         "burst": Scenario("burst", f"{n:,} clients, {m:,} events at once ({every})", n, m),
+        "turn": Scenario(
+            "turn",
+            f"{n:,} clients, {m:,} events, the publisher yielding after each",
+            n,
+            m,
+            yield_every=1,
+        ),
         "steady": Scenario(
             "steady", f"{n:,} clients, {rate:g} events/s for {args.seconds:g} s", n, steady, rate
         ),

@@ -105,6 +105,7 @@ class Broadcaster:
         max_queue: int = 1024,
         max_queue_bytes: int = 4 << 20,
         max_write_bytes: int = 64 << 10,
+        write_delay: float = 0.0,
         write_timeout: float | None = 10.0,
         shutdown_timeout: float = 5.0,
         reconnect_jitter: tuple[int, int] = (1000, 5000),
@@ -128,6 +129,12 @@ class Broadcaster:
             ("replay_concurrency", replay_concurrency),
         ):
             _positive_int(setting, value)
+        if (
+            isinstance(write_delay, bool)
+            or not isinstance(write_delay, (int, float))
+            or not 0 <= write_delay <= 1
+        ):
+            raise ConfigurationError("write_delay", write_delay, "must be 0 to 1 seconds")
         if write_timeout is not None and not write_timeout > 0:
             raise ConfigurationError("write_timeout", write_timeout, "must be > 0, or None")
         low, high = reconnect_jitter
@@ -147,6 +154,9 @@ class Broadcaster:
         self.max_queue = max_queue
         self.max_queue_bytes = max_queue_bytes
         self.max_write_bytes = max_write_bytes
+        #: Seconds a busy stream waits after one write before the next, so that what is
+        #: published meanwhile goes out in one write (0: every wake-up writes at once).
+        self.write_delay = float(write_delay)
         self.write_timeout = write_timeout
         self.shutdown_timeout = shutdown_timeout
         self.reconnect_jitter = reconnect_jitter
@@ -558,6 +568,7 @@ class Broadcaster:
             max_queue=self.max_queue,
             max_bytes=self.max_queue_bytes,
             max_write=self.max_write_bytes,
+            write_delay=self.write_delay,
             write_timeout=self.write_timeout,
             metrics=self._metrics,
             subscription=subscription,

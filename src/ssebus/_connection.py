@@ -52,6 +52,7 @@ class SseConnection:
         "position",
         "severed",
         "stalled",
+        "write_delay",
         "write_timeout",
     )
 
@@ -66,8 +67,11 @@ class SseConnection:
         expired: bytes = b"",
         max_bytes: int = 1 << 20,
         max_write: int = 64 << 10,
+        write_delay: float = 0.0,
     ) -> None:
         self.id = connection_id
+        #: Seconds a busy stream waits after a write before the next (0: never waits).
+        self.write_delay = write_delay
         self._subscription = subscription
         #: Seconds one write may take; enforced by :meth:`check_write` (the broadcaster's
         #: watchdog calls it), so a write costs no timer of its own.
@@ -279,10 +283,20 @@ class SseConnection:
         if remaining is not None:
             deadline = anyio.current_time() + remaining  # on the event loop's own clock
         outbox = self.outbox
+        delay = self.write_delay
+        wrote_at = 0.0
         while not self._aborted:
             if remaining is not None and anyio.current_time() >= deadline:
                 return False
             if len(outbox) or self._prelude:
+                if delay:
+                    # A busy stream writes at most once per ``delay``: what comes meanwhile
+                    # goes out together in the next write (an idle one writes at once).
+                    wait = wrote_at + delay - time.monotonic()
+                    if wait > 0:
+                        await anyio.sleep(wait)
+                        if self._aborted:
+                            break
                 batch, events = outbox.take(self.max_write)
                 if self._prelude:
                     data = self._prelude + b"".join(batch)
@@ -290,7 +304,7 @@ class SseConnection:
                 else:
                     data = batch[0] if len(batch) == 1 else b"".join(batch)
                 # As send(), inline: a coroutine per write would feed the collector.
-                self._writing_since = time.monotonic()
+                self._writing_since = wrote_at = time.monotonic()
                 try:
                     await write(data)
                 except Exception as exc:
