@@ -25,6 +25,7 @@ import asyncio
 import itertools
 import json
 import logging
+import os
 import resource
 import socket
 import time
@@ -145,7 +146,7 @@ class SsebusVariant:
 class SsebusDelayVariant(SsebusVariant):
     """The same with ``write_delay=0.005``: a busy stream writes at most every 5 ms."""
 
-    write_delay = 0.005
+    write_delay = float(os.environ.get("SSEBUS_BENCH_WRITE_DELAY", "0.005"))
 
 
 class SseStarletteVariant:
