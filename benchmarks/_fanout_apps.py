@@ -13,9 +13,10 @@ tiny router, so only the streaming differs:
 * ``GET /memory``: with ``PYTHONTRACEMALLOC`` set, the allocation sites that grew since
   the previous call (the first call only takes the baseline).
 
-Variants: ``ssebus`` (``Broadcaster`` + ``SseEndpoint``), ``sse-starlette`` (a queue per
-client drained by its ``EventSourceResponse``, the usual broadcast recipe) and ``bare`` (a
-queue of pre-encoded frames per client, one ``send`` per frame, nothing else).
+Variants: ``ssebus`` (``Broadcaster`` + ``SseEndpoint``), ``ssebus-delay`` (the same with
+``write_delay`` from ``SSEBUS_BENCH_WRITE_DELAY``, 0.005 s by default), ``sse-starlette``
+(a queue per client drained by its ``EventSourceResponse``, the usual broadcast recipe) and
+``bare`` (a queue of pre-encoded frames per client, one ``send`` per frame, nothing else).
 """
 
 from __future__ import annotations

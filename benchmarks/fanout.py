@@ -21,6 +21,7 @@ server publish M events of about 100 bytes of JSON from a server-side task. Per 
 
 Scenarios: ``burst`` (M events as fast as possible; the publisher yields to the loop with
 ``await asyncio.sleep(0)`` every ``--yield-every`` events, identically in every variant),
+``turn`` (the same, yielding after every event, as a handler that publishes one does),
 ``steady`` (``--rate`` events/s for ``--seconds``), ``slow`` (a burst while every 10th
 client has stopped reading), ``10k`` (10 x the clients, a twentieth of the events).
 
