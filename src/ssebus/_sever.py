@@ -130,21 +130,32 @@ def _reset(fd: int, inode: int) -> bool:
 def _inodes_of(connections: list[tuple[Address, Address]]) -> dict[int, tuple[Address, Address]]:
     """The inodes of the connected TCP sockets from each ``server`` to its ``client``."""
     found: dict[int, tuple[Address, Address]] = {}
+    # Each connection as each table writes it (tcp, tcp6): " local remote ".
+    needles = [
+        (
+            connection,
+            [
+                f" {local} {remote} "
+                for local, remote in zip(
+                    _encodings(*connection[1]), _encodings(*connection[0]), strict=True
+                )
+            ],
+        )
+        for connection in connections
+    ]
     for table_index, path in enumerate(_PROC_TCP):
         try:
             with open(path, encoding="ascii") as table:
                 text = table.read()
         except OSError:
             continue
-        for client, server in connections:
-            local = _encodings(*server)[table_index]
-            remote = _encodings(*client)[table_index]
+        for connection, written in needles:
             # A search of the whole table, not a split of every line.
-            at = text.find(f" {local} {remote} ")
+            at = text.find(written[table_index])
             if at >= 0:
                 fields = text[at : text.find("\n", at)].split()
                 if fields[2] != _LISTEN:
-                    found[int(fields[8])] = (client, server)
+                    found[int(fields[8])] = connection
     return found
 
 
