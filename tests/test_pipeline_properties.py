@@ -27,7 +27,9 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from typing import Literal
 
+import anyio.lowlevel
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from clients import Client, running, serve, wait_until
@@ -116,7 +118,9 @@ class Plan:
 
 
 @st.composite
-def schedules(draw: st.DrawFn) -> tuple[int, list[Plan]]:
+def schedules(draw: st.DrawFn) -> tuple[int, list[Plan], list[int]]:
+    """How many events, each viewer's plan, and how many turns of the event loop pass
+    after each publish (so that batched writes meet frames at every point)."""
     events = draw(st.integers(0, 20))
     plans = []
     for _ in range(draw(st.integers(1, 6))):
@@ -124,7 +128,8 @@ def schedules(draw: st.DrawFn) -> tuple[int, list[Plan]]:
         leave = draw(st.none() | st.integers(join, events))
         rejoin = None if leave is None else draw(st.none() | st.integers(leave, events))
         plans.append(Plan(join, leave, rejoin, draw(st.booleans()), draw(st.booleans())))
-    return events, plans
+    pauses = draw(st.lists(st.integers(0, 6), min_size=events, max_size=events))
+    return events, plans, pauses
 
 
 @settings(
@@ -134,10 +139,11 @@ def schedules(draw: st.DrawFn) -> tuple[int, list[Plan]]:
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(schedule=schedules())
+@pytest.mark.parametrize("write_delay", [0.0, "auto"])
 async def test_every_client_receives_every_event_in_order_exactly_once(
-    schedule: tuple[int, list[Plan]],
+    schedule: tuple[int, list[Plan], list[int]], write_delay: float | Literal["auto"]
 ) -> None:
-    events_count, plans = schedule
+    events_count, plans, pauses = schedule
     ids: list[str] = []
     viewers: dict[int, Viewer] = {}  # by index in plans
 
@@ -157,7 +163,11 @@ async def test_every_client_receives_every_event_in_order_exactly_once(
         await wait_until(lambda: stream.finished.is_set())
         viewer.live = None
 
-    async with running(order_events(), guard=GUARD) as (bus, broadcaster, tasks):
+    async with running(order_events(), guard=GUARD, write_delay=write_delay) as (
+        bus,
+        broadcaster,
+        tasks,
+    ):
         for step in range(events_count + 1):
             for index, plan in enumerate(plans):
                 if plan.join == step:
@@ -173,6 +183,8 @@ async def test_every_client_receives_every_event_in_order_exactly_once(
             if step < events_count:
                 await bus.publish(OrderCreatedDomainEvent(f"ord-{step}"))
                 ids.append(broadcaster.position_id())  # the id the event carries
+                for _ in range(pauses[step]):
+                    await anyio.lowlevel.checkpoint()
         live = [v for v in viewers.values() if v.live is not None]
         await wait_until(lambda: all(len(v.seen()) == len(ids) - v.joined_at for v in live))
 

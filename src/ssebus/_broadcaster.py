@@ -51,6 +51,10 @@ logger = logging.getLogger("ssebus")
 
 #: Replayed entries rendered between two turns of the event loop (about 0.2 ms of work).
 RENDER_SLICE = 10
+#: Turns of the event loop a busy stream lets pass between writes with
+#: ``write_delay="auto"``: under a loop saturated by one event per turn, a write carries
+#: about this many frames (the issue's target was at most 0.25 writes per frame).
+AUTO_WRITE_TURNS = 4
 #: Why streams end at shutdown: those that took their goodbye, and those cut after
 #: ``shutdown_timeout``.
 SHUTTING_DOWN = "server shutting down"
@@ -105,7 +109,7 @@ class Broadcaster:
         max_queue: int = 1024,
         max_queue_bytes: int = 4 << 20,
         max_write_bytes: int = 64 << 10,
-        write_delay: float = 0.0,
+        write_delay: float | Literal["auto"] = 0.0,
         write_timeout: float | None = 10.0,
         shutdown_timeout: float = 5.0,
         reconnect_jitter: tuple[int, int] = (1000, 5000),
@@ -129,12 +133,14 @@ class Broadcaster:
             ("replay_concurrency", replay_concurrency),
         ):
             _positive_int(setting, value)
-        if (
+        if write_delay != "auto" and (
             isinstance(write_delay, bool)
             or not isinstance(write_delay, (int, float))
             or not 0 <= write_delay <= 1
         ):
-            raise ConfigurationError("write_delay", write_delay, "must be 0 to 1 seconds")
+            raise ConfigurationError(
+                "write_delay", write_delay, 'must be 0 to 1 seconds, or "auto"'
+            )
         if write_timeout is not None and not write_timeout > 0:
             raise ConfigurationError("write_timeout", write_timeout, "must be > 0, or None")
         low, high = reconnect_jitter
@@ -155,8 +161,11 @@ class Broadcaster:
         self.max_queue_bytes = max_queue_bytes
         self.max_write_bytes = max_write_bytes
         #: Seconds a busy stream waits after one write before the next, so that what is
-        #: published meanwhile goes out in one write (0: every wake-up writes at once).
-        self.write_delay = float(write_delay)
+        #: published meanwhile goes out in one write (0: every wake-up writes at once), or
+        #: ``"auto"``: it lets ``AUTO_WRITE_TURNS`` turns of the event loop pass instead.
+        self.write_delay: float | Literal["auto"] = (
+            "auto" if write_delay == "auto" else float(write_delay)
+        )
         self.write_timeout = write_timeout
         self.shutdown_timeout = shutdown_timeout
         self.reconnect_jitter = reconnect_jitter
@@ -568,7 +577,8 @@ class Broadcaster:
             max_queue=self.max_queue,
             max_bytes=self.max_queue_bytes,
             max_write=self.max_write_bytes,
-            write_delay=self.write_delay,
+            write_delay=0.0 if self.write_delay == "auto" else self.write_delay,
+            write_turns=AUTO_WRITE_TURNS if self.write_delay == "auto" else 0,
             write_timeout=self.write_timeout,
             metrics=self._metrics,
             subscription=subscription,

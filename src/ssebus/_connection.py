@@ -7,11 +7,13 @@ import time
 from collections.abc import Awaitable, Callable
 
 import anyio
+import anyio.lowlevel
 
 from ._frame import Frame
 from ._metrics import Metric, Metrics
 from ._outbox import Outbox
 from ._resume import Handover, Replay
+from ._seam import turn_clock
 from ._subscription import EVERYTHING, Subscription
 
 __all__ = ["SseConnection", "Write"]
@@ -54,6 +56,7 @@ class SseConnection:
         "stalled",
         "write_delay",
         "write_timeout",
+        "write_turns",
     )
 
     def __init__(
@@ -68,10 +71,15 @@ class SseConnection:
         max_bytes: int = 1 << 20,
         max_write: int = 64 << 10,
         write_delay: float = 0.0,
+        write_turns: int = 0,
     ) -> None:
         self.id = connection_id
         #: Seconds a busy stream waits after a write before the next (0: never waits).
         self.write_delay = write_delay
+        #: Turns of the event loop a stream lets pass after a write before the next (0:
+        #: none). Frames queued meanwhile share that write; under load turns lengthen, so
+        #: the wait grows with the load, while on a quiet loop it costs microseconds.
+        self.write_turns = write_turns
         self._subscription = subscription
         #: Seconds one write may take; enforced by :meth:`check_write` (the broadcaster's
         #: watchdog calls it), so a write costs no timer of its own.
@@ -285,6 +293,8 @@ class SseConnection:
         outbox = self.outbox
         delay = self.write_delay
         wrote_at = 0.0
+        turns = self.write_turns
+        clock = turn_clock() if turns else None
         while not self._aborted:
             if remaining is not None and anyio.current_time() >= deadline:
                 return False
@@ -317,6 +327,15 @@ class SseConnection:
                 metrics.bytes_sent += len(data)
                 if metrics.hook is not None:
                     metrics.sent(events, len(data))
+                if clock is not None:
+                    # Wait for the next turn that is a multiple of ``turns``, when every
+                    # busy stream on this loop writes what was queued meanwhile: one long
+                    # turn of writes and short ones between keep latency near one turn
+                    # of writes. Nothing queued by then: the next frame goes at once.
+                    await clock.at(clock.wrote(turns) // turns * turns + turns)
+                elif turns:  # no shared clock (trio): the turns pass here, one by one
+                    for _ in range(turns):
+                        await anyio.lowlevel.checkpoint()
                 continue
             if self._closing:
                 return True

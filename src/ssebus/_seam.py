@@ -8,13 +8,22 @@ ones (as ``anyio.Event.__new__`` picks a backend class) and anyio's elsewhere.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Union
 
 import anyio
 import anyio.abc
 
-__all__ = ["Background", "Waiter", "new_waiter", "soon_from_anywhere", "wake"]
+__all__ = [
+    "Background",
+    "TurnClock",
+    "Waiter",
+    "new_waiter",
+    "soon_from_anywhere",
+    "turn_clock",
+    "wake",
+]
 
 
 _get_running_loop = asyncio.events._get_running_loop  # C; None outside a loop's thread
@@ -106,3 +115,76 @@ def soon_from_anywhere() -> Callable[[Callable[[], object]], object]:
     import trio  # only reached under trio
 
     return trio.lowlevel.current_trio_token().run_sync_soon
+
+
+class TurnClock:
+    """Counts the turns of one asyncio loop while some stream on it is busy, and wakes
+    streams waiting for a given turn (``write_delay="auto"``, see ``SseConnection``).
+
+    One callback per turn, scheduled only within ``span`` turns of the latest write: an
+    idle loop runs none. Each waiting stream gets a future of its own, since cancelling a
+    task cancels the future it awaits.
+    """
+
+    __slots__ = ("_busy_until", "_loop", "_ticking", "_waiters", "turn")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = weakref.ref(loop)  # the loop keys its clock in a weak mapping
+        self.turn = 0
+        self._busy_until = 0
+        self._ticking = False
+        self._waiters: dict[int, list[asyncio.Future[None]]] = {}
+
+    def wrote(self, span: int) -> int:
+        """A stream wrote and may wait ``span`` turns from now: the current turn."""
+        turn = self.turn
+        self._busy_until = turn + span
+        if not self._ticking:
+            loop = self._loop()
+            if loop is not None:
+                self._ticking = True
+                loop.call_soon(self._tick)
+        return turn
+
+    def at(self, turn: int) -> Awaitable[object]:
+        """What to await until ``turn`` (later than the current one, within the span of
+        a write) has begun."""
+        loop = self._loop()
+        assert loop is not None  # called from a stream on it
+        future: asyncio.Future[None] = loop.create_future()
+        waiting = self._waiters.get(turn)
+        if waiting is None:
+            self._waiters[turn] = [future]
+        else:
+            waiting.append(future)
+        return future
+
+    def _tick(self) -> None:
+        self.turn = turn = self.turn + 1
+        waiting = self._waiters.pop(turn, None)
+        if waiting is not None:
+            for future in waiting:
+                if not future.done():  # a cancelled stream leaves a cancelled future
+                    future.set_result(None)
+        loop = self._loop()
+        if loop is not None and (turn < self._busy_until or self._waiters):
+            loop.call_soon(self._tick)
+        else:
+            self._ticking = False
+
+
+_clocks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TurnClock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def turn_clock() -> TurnClock | None:
+    """The running asyncio loop's turn clock (one per loop: streams may run on several),
+    or None elsewhere, where a stream counts its turns as checkpoints of its own."""
+    loop = _asyncio_loop()
+    if loop is None:
+        return None
+    clock = _clocks.get(loop)
+    if clock is None:
+        clock = _clocks[loop] = TurnClock(loop)
+    return clock
