@@ -295,11 +295,21 @@ class SseConnection:
         wrote_at = 0.0
         turns = self.write_turns
         clock = turn_clock() if turns else None
+        window = -1  # of the latest write: turns // write_turns
         while not self._aborted:
             if remaining is not None and anyio.current_time() >= deadline:
                 return False
             if len(outbox) or self._prelude:
-                if delay:
+                if clock is not None:
+                    # Turns are counted in windows of ``turns``, the same for every stream
+                    # on the loop; a stream writes at most once per window, so the busy
+                    # ones all write in the first turn of the next: one long turn of writes
+                    # and short ones between, which keeps latency near one turn of writes.
+                    if clock.turn // turns == window:
+                        await clock.at((window + 1) * turns)
+                        if self._aborted:
+                            break
+                elif delay:
                     # A busy stream writes at most once per ``delay``: what comes meanwhile
                     # goes out together in the next write (an idle one writes at once).
                     wait = wrote_at + delay - time.monotonic()
@@ -328,11 +338,11 @@ class SseConnection:
                 if metrics.hook is not None:
                     metrics.sent(events, len(data))
                 if clock is not None:
-                    # Wait for the next turn that is a multiple of ``turns``, when every
-                    # busy stream on this loop writes what was queued meanwhile: one long
-                    # turn of writes and short ones between keep latency near one turn
-                    # of writes. Nothing queued by then: the next frame goes at once.
-                    await clock.at(clock.wrote(turns) // turns * turns + turns)
+                    previous, window = window, clock.wrote(turns) // turns
+                    if window == previous + 1:
+                        # Busy (it wrote in the window before too): wait for the next
+                        # window at once rather than be woken by each frame queued.
+                        await clock.at((window + 1) * turns)
                 elif turns:  # no shared clock (trio): the turns pass here, one by one
                     for _ in range(turns):
                         await anyio.lowlevel.checkpoint()
