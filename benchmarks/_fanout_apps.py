@@ -145,6 +145,9 @@ class SsebusVariant:
             EventMap({OrderUpdated: ("order", payload)}),
             heartbeat=15.0,
             write_delay=self.write_delay,
+            # The default ("auto") refuses connections beyond 90% of the open-files limit:
+            # 18,000 at the 20,000 here, fewer than idle20k opens.
+            max_connections=None,
         )
         # Set, not passed: Broadcaster(registry=...) drops a registry that is empty, as
         # ``registry or InMemoryClientRegistry()`` finds it false.

@@ -784,7 +784,7 @@ def _change(result: Result, burst: dict[tuple[str, str], Result], metric: str) -
 def plan(args: argparse.Namespace) -> list[Scenario]:
     """The scenarios asked for, sized by the options."""
     n, m, rate = args.clients or 1000, args.events, args.rate
-    idle = args.clients or IDLE_CLIENTS
+    idle = args.idle_clients
     steady = max(1, round(rate * args.seconds))
     many, few = 10 * n, max(1, m // 20)
     every = f"yielding every {args.yield_every}"
@@ -922,12 +922,9 @@ def parse_args() -> argparse.Namespace:
         "--sites", type=int, default=12, help="allocation sites to list with --tracemalloc"
     )
     args = parser.parse_args()
+    args.idle_clients = args.clients or (2000 if args.quick else IDLE_CLIENTS)
     if args.quick:
-        args.events, args.seconds = 200, 2
-        if args.clients is None and args.scenario == "idle20k":
-            args.clients = 2000
-        elif args.clients is None:
-            args.clients = 200  # idle20k among others: 2,000 below
+        args.clients, args.events, args.seconds = args.clients or 200, 200, 2
     args.variants = args.variants.split(",")
     args.scenario = args.scenario.split(",")
     args.servers = args.servers.split(",")
