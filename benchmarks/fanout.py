@@ -25,7 +25,8 @@ bytes of JSON from a server-side task. Per variant:
   <pid> is the process that runs the app, as the app reports it (granian's worker).
 * body sends/frame: the ASGI ``http.response.body`` messages the streams sent during the
   publish phase (the app wraps each stream's ``send`` with a counter) / frames delivered:
-  1.00 is one write per frame, below 1 frames shared a write.
+  1.00 is one write per frame, below 1 frames shared a write. In ``slow`` the sends to the
+  stalled clients count but their frames do not (1.11 for one send per frame).
 * write syscalls/frame: ``syscw`` of /proc/<pid>/io over the publish phase / frames
   delivered. It counts write(2) and writev(2), not send(2) or sendmsg(2): meaningful under
   uvicorn (uvloop, i.e. libuv, writes with write/writev); near 0 under hypercorn (the
@@ -469,7 +470,9 @@ async def prepare(server: Server, clients: int, sndbuf: int, freeze: bool) -> No
     """Once ``clients`` streams are open: granian's send buffers, then the collector."""
     await server.wait_connected(clients)
     if sndbuf and server.server == "granian":
-        await server.request("POST", f"/sndbuf?bytes={sndbuf}")
+        done = (await server.request("POST", f"/sndbuf?bytes={sndbuf}"))["sockets"]
+        if done < clients:
+            raise RuntimeError(f"SO_SNDBUF set on {done} sockets, not all {clients}")
     if freeze:
         await server.request("POST", "/freeze")
 
