@@ -30,9 +30,10 @@ streaming differs:
 
 Variants: ``ssebus`` (``Broadcaster`` + ``SseEndpoint``), ``ssebus-delay`` (the same with
 ``write_delay`` from ``SSEBUS_BENCH_WRITE_DELAY``: seconds, or ``auto``, passed on as the
-string; 0.005 s by default), ``sse-starlette``
-(a queue per client drained by its ``EventSourceResponse``, the usual broadcast recipe) and
-``bare`` (a queue of pre-encoded frames per client, one ``send`` per frame, nothing else).
+string; 0.005 s by default), ``sse-starlette`` (a queue per client drained by its
+``EventSourceResponse``, the usual broadcast recipe) and ``bare`` (a queue of pre-encoded
+frames per client, one ``send`` per frame, nothing else). The ssebus variants run without
+``max_connections`` (idle20k opens more streams than its default allows here).
 """
 
 from __future__ import annotations
