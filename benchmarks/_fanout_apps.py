@@ -1,28 +1,46 @@
-"""The servers ``benchmarks/fanout.py`` measures: one ASGI app per variant, under uvicorn.
+"""The servers ``benchmarks/fanout.py`` measures: one ASGI app per variant, under a server.
 
-``python benchmarks/_fanout_apps.py VARIANT [--sndbuf BYTES]`` listens on a free port of
-127.0.0.1, prints ``port N`` and serves until SIGTERM. Every variant sits behind the same
-tiny router, so only the streaming differs:
+``python benchmarks/_fanout_apps.py VARIANT [--server uvicorn|hypercorn] [--sndbuf BYTES]``
+listens on a free port of 127.0.0.1, prints ``port N`` and serves until SIGTERM: under
+uvicorn (uvloop, httptools, one worker) or hypercorn (its asyncio worker on the standard
+asyncio loop, one worker; the socket is handed over as ``fd://``). Granian is started by
+its own command line on the factory ``_fanout_apps:granian_app``, which reads the variant
+from ``SSEBUS_BENCH_VARIANT``. Every variant sits behind the same tiny router, so only the
+streaming differs:
 
 * ``GET /sse``: the variant's event stream.
 * ``POST /publish?count=M&rate=R&size=S&yield_every=K``: publish M events of about S bytes
   of JSON from the request's own task, R per second (0: a burst that yields to the loop
   every K events), then answer with the start and end times (``time.monotonic()``).
-* ``GET /stats``: how many streams are open, when the server dropped streams, and the
-  longest queue of frames waiting for a client (not known for ssebus: null).
+* ``GET /stats``: how many streams are open, when the server dropped streams, the
+  longest queue of frames waiting for a client (not known for ssebus: null), the ASGI
+  ``http.response.body`` sends the streams made so far (counted by a wrapper around
+  ``send``: an int increment), this process's pid and its event loop's module (granian
+  serves from a worker process and picks its own loop), and the garbage collections so
+  far (count, total and longest in seconds, by ``gc.callbacks``; ``?reset=1`` restarts the
+  count).
+* ``GET /objects``: ``len(gc.get_objects())``; ``POST /freeze``: ``gc.collect()`` then
+  ``gc.freeze()``, so that the objects of the connections open so far are never scanned
+  again.
+* ``POST /sndbuf?bytes=N``: sets SO_SNDBUF on every connected TCP socket of this process
+  (for granian, whose listening socket cannot be prepared; the others inherit it from
+  theirs).
 * ``GET /memory``: with ``PYTHONTRACEMALLOC`` set, the allocation sites that grew since
   the previous call (the first call only takes the baseline).
 
 Variants: ``ssebus`` (``Broadcaster`` + ``SseEndpoint``), ``ssebus-delay`` (the same with
-``write_delay`` from ``SSEBUS_BENCH_WRITE_DELAY``, 0.005 s by default), ``sse-starlette``
-(a queue per client drained by its ``EventSourceResponse``, the usual broadcast recipe) and
-``bare`` (a queue of pre-encoded frames per client, one ``send`` per frame, nothing else).
+``write_delay`` from ``SSEBUS_BENCH_WRITE_DELAY``: seconds, or ``auto``, passed on as the
+string; 0.005 s by default), ``sse-starlette`` (a queue per client drained by its
+``EventSourceResponse``, the usual broadcast recipe) and ``bare`` (a queue of pre-encoded
+frames per client, one ``send`` per frame, nothing else). The ssebus variants run without
+``max_connections`` (idle20k opens more streams than its default allows here).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import itertools
 import json
 import logging
@@ -34,10 +52,9 @@ import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import parse_qs
 
-import uvicorn
 from sse_starlette import EventSourceResponse
 
 from ssebus import (
@@ -110,10 +127,16 @@ class _TimedRegistry(InMemoryClientRegistry):
         return connection
 
 
+def bench_write_delay() -> Any:
+    """``SSEBUS_BENCH_WRITE_DELAY``: a float of seconds, or the string ``auto`` as is."""
+    raw = os.environ.get("SSEBUS_BENCH_WRITE_DELAY", "0.005").strip()
+    return raw if raw == "auto" else float(raw)
+
+
 class SsebusVariant:
     """``Broadcaster`` on an ``InMemoryEventBus``; ``SseEndpoint`` streams it."""
 
-    write_delay = 0.0
+    write_delay: Any = 0.0
 
     def __init__(self) -> None:
         self.dropped: list[float] = []
@@ -123,6 +146,9 @@ class SsebusVariant:
             EventMap({OrderUpdated: ("order", payload)}),
             heartbeat=15.0,
             write_delay=self.write_delay,
+            # The default ("auto") refuses connections beyond 90% of the open-files limit:
+            # 18,000 at the 20,000 here, fewer than idle20k opens.
+            max_connections=None,
         )
         # Set, not passed: Broadcaster(registry=...) drops a registry that is empty, as
         # ``registry or InMemoryClientRegistry()`` finds it false.
@@ -145,9 +171,10 @@ class SsebusVariant:
 
 
 class SsebusDelayVariant(SsebusVariant):
-    """The same with ``write_delay=0.005``: a busy stream writes at most every 5 ms."""
+    """The same with ``write_delay`` from ``SSEBUS_BENCH_WRITE_DELAY`` (default 0.005: a
+    busy stream writes at most every 5 ms; ``auto`` is passed on as the string)."""
 
-    write_delay = float(os.environ.get("SSEBUS_BENCH_WRITE_DELAY", "0.005"))
+    write_delay = bench_write_delay()
 
 
 class SseStarletteVariant:
@@ -251,13 +278,59 @@ async def publish_events(
     return started, time.monotonic()
 
 
+class GcLog:
+    """The garbage collections since the last reset, timed by ``gc.callbacks``."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0.0
+        self.longest = 0.0
+        self.by_generation = [0, 0, 0]
+        self._started = 0.0
+        gc.callbacks.append(self)
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        took = time.perf_counter() - self._started
+        self.count += 1
+        self.total += took
+        self.longest = max(self.longest, took)
+        self.by_generation[info["generation"]] += 1
+
+    def reset(self) -> None:
+        self.count, self.total, self.longest = 0, 0.0, 0.0
+        self.by_generation = [0, 0, 0]
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "seconds": self.total,
+            "longest": self.longest,
+            "by_generation": self.by_generation,
+        }
+
+
 class Router:
     """Routes ``/sse`` to the variant and serves the control endpoints."""
 
     def __init__(self, variant: Variant) -> None:
         self.variant = variant
         self.connected = 0
+        self.body_sends = 0
+        self.gc_log = GcLog()
         self._memory_baseline: tracemalloc.Snapshot | None = None
+
+    def counting(self, send: Send) -> Send:
+        """``send``, counting the ``http.response.body`` messages (no extra coroutine)."""
+
+        def counted(message: Message) -> Awaitable[None]:
+            if message["type"] == "http.response.body":
+                self.body_sends += 1
+            return send(message)
+
+        return counted
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -271,7 +344,7 @@ class Router:
         if path == "/sse":
             self.connected += 1
             try:
-                await self.variant.stream(scope, receive, send)
+                await self.variant.stream(scope, receive, self.counting(send))
             finally:
                 self.connected -= 1
             return
@@ -286,9 +359,31 @@ class Router:
             )
             await respond(send, {"started": started, "ended": ended})
         elif path == "/stats":
+            if b"reset=1" in scope["query_string"]:
+                self.gc_log.reset()
             variant = self.variant
             stats = {"connected": self.connected, "dropped": variant.dropped}
-            await respond(send, {**stats, "backlog": variant.backlog()})
+            loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
+            await respond(
+                send,
+                {
+                    **stats,
+                    "backlog": variant.backlog(),
+                    "body_sends": self.body_sends,
+                    "pid": os.getpid(),
+                    "loop": loop,
+                    "gc": self.gc_log.stats(),
+                },
+            )
+        elif path == "/objects":
+            await respond(send, {"objects": len(gc.get_objects())})
+        elif path == "/freeze":
+            gc.collect()
+            gc.freeze()
+            await respond(send, {"frozen": gc.get_freeze_count()})
+        elif path == "/sndbuf":
+            query = {k: v[-1] for k, v in parse_qs(scope["query_string"].decode()).items()}
+            await respond(send, {"sockets": set_sndbuf(int(query["bytes"]))})
         elif path == "/memory":
             await respond(send, self.memory_growth())
         else:
@@ -318,6 +413,36 @@ async def respond(send: Send, body: Any, status: int = 200) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
+def set_sndbuf(size: int) -> int:
+    """Set SO_SNDBUF on every connected TCP socket of this process; return how many."""
+    done = 0
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                continue
+            sock = socket.socket(fileno=os.dup(fd))  # the family and type are detected
+        except OSError:
+            continue
+        with sock:
+            if sock.family != socket.AF_INET or sock.type != socket.SOCK_STREAM:
+                continue
+            try:
+                sock.getpeername()
+            except OSError:
+                continue  # listening, not connected
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+            done += 1
+    return done
+
+
+def granian_app() -> Router:
+    """The factory granian loads (``--factory``): the variant in ``SSEBUS_BENCH_VARIANT``."""
+    raise_open_files_limit()
+    logging.getLogger("ssebus").setLevel(logging.ERROR)
+    return Router(VARIANTS[os.environ["SSEBUS_BENCH_VARIANT"]]())
+
+
 def raise_open_files_limit() -> None:
     """Allow as many open sockets as the hard limit does (10,000 clients need more than 1,024)."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -327,6 +452,7 @@ def raise_open_files_limit() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Serve one fan-out benchmark variant.")
     parser.add_argument("variant", choices=sorted(VARIANTS))
+    parser.add_argument("--server", choices=("uvicorn", "hypercorn"), default="uvicorn")
     parser.add_argument("--sndbuf", type=int, default=0, help="SO_SNDBUF of every connection")
     args = parser.parse_args()
     raise_open_files_limit()
@@ -338,8 +464,19 @@ def main() -> None:
     sock.bind(("127.0.0.1", 0))
     sock.listen(4096)
     print(f"port {sock.getsockname()[1]}", flush=True)
+    app = Router(VARIANTS[args.variant]())
+    if args.server == "hypercorn":
+        serve_hypercorn(app, sock)
+    else:
+        serve_uvicorn(app, sock)
+
+
+def serve_uvicorn(app: Router, sock: socket.socket) -> None:
+    """Serve on ``sock`` under uvicorn: uvloop, httptools, one worker."""
+    import uvicorn
+
     config = uvicorn.Config(
-        Router(VARIANTS[args.variant]()),
+        app,
         loop="uvloop",
         http="httptools",
         workers=1,
@@ -355,6 +492,20 @@ def main() -> None:
         lambda record: "without completing response" not in record.getMessage()
     )
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def serve_hypercorn(app: Router, sock: socket.socket) -> None:
+    """Serve on ``sock`` under hypercorn's asyncio worker (the standard loop), in process."""
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    config = Config()
+    config.bind = [f"fd://{sock.fileno()}"]
+    config.backlog = 4096
+    config.accesslog = None
+    config.loglevel = "WARNING"
+    config.graceful_timeout = 2
+    asyncio.run(serve(cast(Any, app), config, mode="asgi"))
 
 
 if __name__ == "__main__":

@@ -3,12 +3,16 @@
 Run ``python benchmarks/fanout.py`` (``--quick`` for a smoke run, ``--help`` for options).
 
 For each scenario, each server variant of ``benchmarks/_fanout_apps.py`` runs in turn in a
-fresh process under the same uvicorn (uvloop, httptools, one worker, log level warning) on
-127.0.0.1: ``ssebus`` (Broadcaster + SseEndpoint), ``sse-starlette`` (its usual broadcast
-recipe: a queue per client drained by an EventSourceResponse) and ``bare`` (pre-encoded
-bytes in a queue per client, one ASGI ``send`` per frame: the ceiling). This process is the
-load: N raw asyncio protocols (on uvloop) GET ``/sse``; then ``POST /publish`` makes the
-server publish M events of about 100 bytes of JSON from a server-side task. Per variant:
+fresh process under each server of ``--servers`` (default ``uvicorn``) on 127.0.0.1:
+``uvicorn`` (uvloop, httptools, one worker, log level warning), ``hypercorn`` (its asyncio
+worker on the standard asyncio loop, one worker) and ``granian`` (``--interface asgi``, one
+worker, ``--backpressure`` above the client count, its ``auto`` loop: uvloop when installed;
+the table names the loop the app found itself on). Variants: ``ssebus`` (Broadcaster +
+SseEndpoint), ``sse-starlette`` (its usual broadcast recipe: a queue per client drained by
+an EventSourceResponse) and ``bare`` (pre-encoded bytes in a queue per client, one ASGI
+``send`` per frame: the ceiling). This process is the load: N raw asyncio protocols (on
+uvloop) GET ``/sse``; then ``POST /publish`` makes the server publish M events of about 100
+bytes of JSON from a server-side task. Per variant:
 
 * frames/s: frames received by all clients / (last receipt - publish start). Each client
   splits what it reads at the blank line ``\\n\\n`` and counts the frames by the publish
@@ -18,23 +22,50 @@ server publish M events of about 100 bytes of JSON from a server-side task. Per 
 * idle RSS/client: (server VmRSS with N idle clients - VmRSS before any) / N.
 * server CPU: utime + stime from /proc/<pid>/stat over the publish phase, also per frame;
   load CPU is this process's, to tell when the client rather than the server was the limit.
+  <pid> is the process that runs the app, as the app reports it (granian's worker).
+* body sends/frame: the ASGI ``http.response.body`` messages the streams sent during the
+  publish phase (the app wraps each stream's ``send`` with a counter) / frames delivered:
+  1.00 is one write per frame, below 1 frames shared a write. In ``slow`` the sends to the
+  stalled clients count but their frames do not (1.11 for one send per frame).
+* write syscalls/frame: ``syscw`` of /proc/<pid>/io over the publish phase / frames
+  delivered. It counts write(2) and writev(2), not send(2) or sendmsg(2): meaningful under
+  uvicorn (uvloop, i.e. libuv, writes with write/writev); near 0 under hypercorn (the
+  asyncio loop writes with ``socket.send``); under granian it counts the writev calls of
+  its Rust I/O (tokio), not any plain ``send``, so treat it as a lower bound there.
+* GCs in publish: the garbage collections in the server during the publish phase (count,
+  total and longest ms, from ``gc.callbacks``).
 
 Scenarios: ``burst`` (M events as fast as possible; the publisher yields to the loop with
 ``await asyncio.sleep(0)`` every ``--yield-every`` events, identically in every variant),
 ``turn`` (the same, yielding after every event, as a handler that publishes one does),
 ``steady`` (``--rate`` events/s for ``--seconds``), ``slow`` (a burst while every 10th
-client has stopped reading), ``10k`` (10 x the clients, a twentieth of the events).
+client has stopped reading), ``10k`` (10 x the clients, a twentieth of the events), and,
+only when asked for, ``idle20k``: 19,500 idle clients (``--clients`` overrides; 2,000 with
+``--quick``; the hard limit of open files here is 20,000 per process, and both processes
+raise their soft limit to it), then 10 single events, one published about every second.
+Per event it takes the time from publish until every client had it (the slowest client),
+and reports the worst and the median of the 10; RSS per connection; the gc-tracked objects
+per connection in the server (``len(gc.get_objects())`` with N idle clients minus before
+any, / N); and the collections during the 10 events (count, of the oldest generation,
+total and longest ms). The time until every client had an event includes this process
+reading all the sockets in turn, alike for every variant: compare variants, not times.
+
+``--gc-freeze`` adds a ``VARIANT+freeze`` column per variant (in every scenario): once the
+clients are connected the app runs ``gc.collect()`` and ``gc.freeze()``, so the collector
+never scans the connections' objects again; what an application gains by doing the same.
 
 In ``slow`` the stalled clients ``pause_reading()`` and have a 4 KiB receive buffer, and
 the server's sockets a 16 KiB send buffer (SO_SNDBUF on the listening socket, inherited on
-accept): with Linux's autotuned loopback buffers a stalled socket soaks up about 4 MB,
-some 27,000 of these frames, before the server even notices. ssebus evicts a client whose
+accept; under granian the app sets it on its connected sockets once all are open): with
+Linux's autotuned loopback buffers a stalled socket soaks up about 4 MB, some 27,000 of
+these frames, before the server even notices. ssebus evicts a client whose
 queue of ``max_queue`` (1,024) frames is full; the other two queue without bound.
 
 ``--profile DIR`` records the server with py-spy during each publish phase and prints its
 top functions; ``--tracemalloc`` instead connects idle clients to servers that trace their
 allocations and prints the sites that grew, per client. Figures, never assertions: the
-machines are shared and noisy, so the tables quote ratios between variants of one run.
+machines are shared and noisy, so the tables quote ratios between variants of one run, and
+always under the same server.
 """
 
 from __future__ import annotations
@@ -56,7 +87,7 @@ import time
 from array import array
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -66,7 +97,13 @@ import uvloop
 
 APPS = Path(__file__).with_name("_fanout_apps.py")
 VARIANTS = ("ssebus", "ssebus-delay", "sse-starlette", "bare")
-SCENARIOS = ("burst", "turn", "steady", "slow", "10k")
+SCENARIOS = ("burst", "turn", "steady", "slow", "10k", "idle20k")
+DEFAULT_SCENARIOS = SCENARIOS[:-1]  # idle20k is opt-in: about a minute per variant
+SERVERS = ("uvicorn", "granian", "hypercorn")
+IDLE_CLIENTS = 19_500
+IDLE_EVENTS = 10
+IDLE_INTERVAL = 1.0  # seconds from one publish to the next in idle20k
+FREEZE = "+freeze"
 TIMESTAMP = re.compile(rb'"t":([0-9.]+)')
 SSE_REQUEST = b"GET /sse HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n"
 CONNECT_CONCURRENCY = 200
@@ -96,13 +133,18 @@ class Tally:
     frames: int = 0
     last: float = 0.0
     latencies: array[float] = field(default_factory=lambda: array("d"))
+    #: Per event (its timestamp): the latest receipt and how many clients had it (idle20k).
+    worst: dict[bytes, float] | None = None
+    received: Counter[bytes] = field(default_factory=Counter)
 
 
 @dataclass
 class Result:
-    """One variant's figures in one scenario."""
+    """One variant's figures in one scenario under one server."""
 
     variant: str
+    server: str
+    loop: str
     fast: int  # clients that read
     stalled: int
     events: int
@@ -118,6 +160,11 @@ class Result:
     load_cpu: float
     dropped: list[float]  # seconds after publish start at which the server dropped a client
     backlog: int | None  # the longest queue of frames left for a client (None: not known)
+    body_sends: int  # ASGI http.response.body messages in the publish phase
+    syscw: int | None  # write/writev syscalls in the publish phase (None: not readable)
+    gc_count: int
+    gc_seconds: float
+    gc_longest: float
 
     @property
     def rate(self) -> float:
@@ -128,6 +175,30 @@ class Result:
     def cpu_per_frame_us(self) -> float:
         """Server CPU microseconds per frame delivered."""
         return self.cpu / self.frames * 1e6 if self.frames else float("nan")
+
+    @property
+    def sends_per_frame(self) -> float:
+        """ASGI body sends per frame delivered."""
+        return self.body_sends / self.frames if self.frames else float("nan")
+
+
+@dataclass
+class IdleResult:
+    """One variant's figures in idle20k under one server."""
+
+    variant: str
+    server: str
+    loop: str
+    clients: int
+    connect_seconds: float
+    idle_rss: float  # bytes per connection
+    objects: float  # gc-tracked objects per connection
+    worst: list[float]  # per event, seconds from publish until every client had it
+    complete: int  # events every client received
+    gc_count: int
+    gc_full: int  # of which of the oldest generation
+    gc_seconds: float
+    gc_longest: float
 
 
 class SseClient(asyncio.Protocol):
@@ -174,6 +245,10 @@ class SseClient(asyncio.Protocol):
             tally.frames += len(stamps)
             tally.last = now
             tally.latencies.extend([now - float(stamp) for stamp in stamps])
+            if tally.worst is not None:
+                tally.received.update(stamps)
+                for stamp in stamps:
+                    tally.worst[stamp] = now - float(stamp)  # receipts only get later
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.ready.done():
@@ -218,37 +293,75 @@ async def connect_all(port: int, scenario: Scenario, tally: Tally) -> list[SseCl
 class Server:
     """One variant's server process: its port, its control endpoints, its /proc figures."""
 
-    def __init__(self, variant: str, *, sndbuf: int = 0, trace_memory: bool = False) -> None:
+    def __init__(
+        self,
+        variant: str,
+        *,
+        server: str = "uvicorn",
+        clients: int = 0,
+        sndbuf: int = 0,
+        trace_memory: bool = False,
+    ) -> None:
         self.variant = variant
+        self.server = server
+        self.clients = clients
         self.sndbuf = sndbuf
         self.trace_memory = trace_memory
         self.port = 0
+        self.pid = 0  # the process that runs the app (granian's worker, not its supervisor)
+        self.loop = ""
         self._process: asyncio.subprocess.Process | None = None
 
-    @property
-    def pid(self) -> int:
-        assert self._process is not None
-        return self._process.pid
-
     async def __aenter__(self) -> Server:
-        env = dict(os.environ, PYTHONTRACEMALLOC="1") if self.trace_memory else None
-        command = [sys.executable, str(APPS), self.variant, "--sndbuf", str(self.sndbuf)]
+        env = dict(os.environ, SSEBUS_BENCH_VARIANT=self.variant)
+        if self.trace_memory:
+            env["PYTHONTRACEMALLOC"] = "1"
+        if self.server == "granian":
+            self.port = free_port()
+            command = [
+                *[str(Path(sys.executable).with_name("granian")), "--interface", "asgi"],
+                *["--workers", "1", "--host", "127.0.0.1", "--port", str(self.port)],
+                *["--backlog", "4096", "--backpressure", str(max(1024, self.clients + 256))],
+                *["--log-level", "warning", "--working-dir", str(APPS.parent)],
+                *["--factory", f"{APPS.stem}:granian_app"],
+            ]
+        else:
+            command = [sys.executable, str(APPS), self.variant, "--server", self.server]
+            command += ["--sndbuf", str(self.sndbuf)]
+        # A session of its own, so that killing its group also ends granian's worker.
         self._process = await asyncio.create_subprocess_exec(
-            *command, stdout=asyncio.subprocess.PIPE, env=env
+            *command, stdout=asyncio.subprocess.PIPE, env=env, start_new_session=True
         )
         assert self._process.stdout is not None
-        line = await asyncio.wait_for(self._process.stdout.readline(), 30)
-        if not line.startswith(b"port "):
-            raise RuntimeError(f"{self.variant} server did not start: {line!r}")
-        self.port = int(line.split()[1])
-        await self.request("GET", "/stats")  # answered once the lifespan has started
+        if self.server != "granian":
+            line = await asyncio.wait_for(self._process.stdout.readline(), 30)
+            if not line.startswith(b"port "):
+                raise RuntimeError(f"{self.variant} server did not start: {line!r}")
+            self.port = int(line.split()[1])
+        stats = await self.wait_ready()  # answered once the lifespan has started
+        self.pid, self.loop = stats["pid"], stats["loop"]
         return self
+
+    async def wait_ready(self, timeout: float = 30) -> Any:
+        """Ask for /stats until the server answers."""
+        assert self._process is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return await self.request("GET", "/stats", timeout=5)
+            except OSError:
+                if self._process.returncode is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"{self.variant} under {self.server} did not start"
+                    ) from None
+                await asyncio.sleep(0.1)
 
     async def __aexit__(self, *exc_info: object) -> None:
         # Killed, not stopped: the figures are taken, and the bare variant never notices
         # that its clients left, so a graceful shutdown would only wait and then complain.
         assert self._process is not None
-        self._process.kill()
+        with suppress(ProcessLookupError):
+            os.killpg(self._process.pid, signal.SIGKILL)
         await self._process.wait()
 
     async def request(self, method: str, path: str, timeout: float = 600) -> Any:
@@ -279,13 +392,31 @@ class Server:
         fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def syscw(self) -> int | None:
+        """The server's write and writev syscalls so far (None: /proc/<pid>/io unreadable)."""
+        try:
+            for line in Path(f"/proc/{self.pid}/io").read_text().splitlines():
+                if line.startswith("syscw:"):
+                    return int(line.split()[1])
+        except OSError:
+            pass
+        return None
+
     async def wait_connected(self, clients: int, timeout: float = 60) -> None:
         """Wait until the server sees ``clients`` open streams."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + max(timeout, clients / 100)
         while (await self.request("GET", "/stats"))["connected"] < clients:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.variant}: fewer than {clients} streams open")
             await asyncio.sleep(0.05)
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on now (for servers that bind it themselves)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def load_cpu() -> float:
@@ -333,26 +464,48 @@ def percentile(ordered: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-async def measure(scenario: Scenario, variant: str, args: argparse.Namespace) -> Result:
-    """Run ``scenario`` against a fresh server of ``variant``."""
+def base_variant(label: str) -> tuple[str, bool]:
+    """The server variant of a column label, and whether the app freezes the collector."""
+    return label.removesuffix(FREEZE), label.endswith(FREEZE)
+
+
+async def prepare(server: Server, clients: int, sndbuf: int, freeze: bool) -> None:
+    """Once ``clients`` streams are open: granian's send buffers, then the collector."""
+    await server.wait_connected(clients)
+    if sndbuf and server.server == "granian":
+        done = (await server.request("POST", f"/sndbuf?bytes={sndbuf}"))["sockets"]
+        if done < clients:
+            raise RuntimeError(f"SO_SNDBUF set on {done} sockets, not all {clients}")
+    if freeze:
+        await server.request("POST", "/freeze")
+
+
+async def measure(scenario: Scenario, label: str, server_name: str, args: Any) -> Result:
+    """Run ``scenario`` against a fresh server of ``label``'s variant under ``server_name``."""
     tally = Tally()
-    async with Server(variant, sndbuf=scenario.sndbuf) as server:
+    variant, freeze = base_variant(label)
+    async with Server(
+        variant, server=server_name, clients=scenario.clients, sndbuf=scenario.sndbuf
+    ) as server:
         await asyncio.sleep(SETTLE_SECONDS)
         rss_before = server.rss()
         clients = await connect_all(server.port, scenario, tally)
         try:
-            await server.wait_connected(scenario.clients)
+            await prepare(server, scenario.clients, scenario.sndbuf, freeze)
             await asyncio.sleep(SETTLE_SECONDS)
             rss_idle = server.rss()
             fast = [c for c in clients if not c.stall]
             expected = len(fast) * scenario.events
             recording = (
-                py_spy(server.pid, Path(args.profile) / f"{scenario.name}-{variant}.txt")
+                py_spy(
+                    server.pid, Path(args.profile) / f"{scenario.name}-{server_name}-{label}.txt"
+                )
                 if args.profile
                 else nullcontext()
             )
             async with recording:
-                cpu, load = server.cpu(), load_cpu()
+                before = await server.request("GET", "/stats?reset=1")
+                cpu, load, syscw = server.cpu(), load_cpu(), server.syscw()
                 query = f"count={scenario.events}&rate={scenario.rate}&size={args.size}"
                 published = await server.request(
                     "POST",
@@ -360,15 +513,18 @@ async def measure(scenario: Scenario, variant: str, args: argparse.Namespace) ->
                 )
                 await wait_delivered(tally, expected)
                 cpu, load = server.cpu() - cpu, load_cpu() - load
+                syscw_after = server.syscw()
+                stats = await server.request("GET", "/stats")
             rss_after = server.rss()
-            stats = await server.request("GET", "/stats")
         finally:
             for client in clients:
                 client.close()
     started = published["started"]
     latencies = sorted(tally.latencies)
     return Result(
-        variant=variant,
+        variant=label,
+        server=server_name,
+        loop=server.loop,
         fast=len(fast),
         stalled=len(clients) - len(fast),
         events=scenario.events,
@@ -384,6 +540,58 @@ async def measure(scenario: Scenario, variant: str, args: argparse.Namespace) ->
         load_cpu=load,
         dropped=sorted(t - started for t in stats["dropped"] if t >= started),
         backlog=stats["backlog"],
+        body_sends=stats["body_sends"] - before["body_sends"],
+        syscw=None if syscw is None or syscw_after is None else syscw_after - syscw,
+        gc_count=stats["gc"]["count"],
+        gc_seconds=stats["gc"]["seconds"],
+        gc_longest=stats["gc"]["longest"],
+    )
+
+
+async def measure_idle(scenario: Scenario, label: str, server_name: str) -> IdleResult:
+    """idle20k: N idle clients, then single events about a second apart."""
+    tally = Tally(worst={})
+    variant, freeze = base_variant(label)
+    n = scenario.clients
+    async with Server(variant, server=server_name, clients=n) as server:
+        await asyncio.sleep(SETTLE_SECONDS)
+        rss_before = server.rss()
+        objects_before = (await server.request("GET", "/objects"))["objects"]
+        connecting = time.monotonic()
+        clients = await connect_all(server.port, scenario, tally)
+        try:
+            await server.wait_connected(n)
+            connect_seconds = time.monotonic() - connecting
+            await asyncio.sleep(SETTLE_SECONDS)
+            rss_idle = server.rss()
+            objects = (await server.request("GET", "/objects"))["objects"]
+            await prepare(server, n, 0, freeze)  # after counting: frozen ones are not listed
+            await server.request("GET", "/stats?reset=1")
+            for i in range(scenario.events):
+                sent = time.monotonic()
+                await server.request("POST", "/publish?count=1&rate=0&yield_every=1")
+                await wait_delivered(tally, (i + 1) * n)
+                await asyncio.sleep(max(0.0, sent + IDLE_INTERVAL - time.monotonic()))
+            gc_stats = (await server.request("GET", "/stats"))["gc"]
+        finally:
+            for client in clients:
+                client.close()
+    assert tally.worst is not None
+    events = sorted(tally.worst, key=float)
+    return IdleResult(
+        variant=label,
+        server=server_name,
+        loop=server.loop,
+        clients=n,
+        connect_seconds=connect_seconds,
+        idle_rss=(rss_idle - rss_before) / n,
+        objects=(objects - objects_before) / n,
+        worst=[tally.worst[e] for e in events],
+        complete=sum(tally.received[e] == n for e in events),
+        gc_count=gc_stats["count"],
+        gc_full=gc_stats["by_generation"][2],
+        gc_seconds=gc_stats["seconds"],
+        gc_longest=gc_stats["longest"],
     )
 
 
@@ -406,6 +614,7 @@ def median_result(results: list[Result]) -> Result:
 
     frames = min(r.frames for r in results)
     rate = statistics.median(r.rate for r in results)
+    syscws = [r.syscw for r in results]
     return dataclasses.replace(
         results[0],
         frames=frames,
@@ -421,13 +630,18 @@ def median_result(results: list[Result]) -> Result:
                 "rss_growth",
                 "cpu",
                 "load_cpu",
+                "body_sends",
+                "gc_count",
+                "gc_seconds",
+                "gc_longest",
             )
         },
+        syscw=None if None in syscws else round(statistics.median(cast(list[int], syscws))),
     )
 
 
-def spread(runs: dict[str, list[Result]]) -> str:
-    """ssebus's p99 latency and frames/s over each other variant, run by run."""
+def spread(server: str, runs: dict[str, list[Result]]) -> str:
+    """ssebus's p99 latency and frames/s over each other variant, run by run, one server."""
     ours = runs.get("ssebus", [])
     lines = []
     for variant, theirs in runs.items():
@@ -435,15 +649,15 @@ def spread(runs: dict[str, list[Result]]) -> str:
             continue
         p99 = ", ".join(_ratio(a.p99_ms, b.p99_ms) for a, b in zip(ours, theirs, strict=True))
         rate = ", ".join(_ratio(a.rate, b.rate) for a, b in zip(ours, theirs, strict=True))
-        lines.append(f"run by run, ssebus / {variant}: p99 {p99}; frames/s {rate}")
+        lines.append(f"run by run, {server}, ssebus / {variant}: p99 {p99}; frames/s {rate}")
     return "\n".join(lines)
 
 
 # -- the report ---------------------------------------------------------------------------
 
 
-def table(scenario: Scenario, results: list[Result], burst: dict[str, Result]) -> str:
-    """The scenario's figures, one column per variant, then ssebus's ratios to the others."""
+def table(results: list[Result], burst: dict[tuple[str, str], Result], stalls: bool) -> str:
+    """One server's figures, one column per variant, then ssebus's ratios to the others."""
     rows: list[tuple[str, Callable[[Result], str]]] = [
         ("frames delivered", lambda r: f"{r.frames / max(1, r.fast * r.events):.1%}"),
         ("frames/s", lambda r: f"{r.rate:,.0f}"),
@@ -454,9 +668,13 @@ def table(scenario: Scenario, results: list[Result], burst: dict[str, Result]) -
         ("server CPU s", lambda r: f"{r.cpu:.2f}"),
         ("server CPU us/frame", lambda r: f"{r.cpu_per_frame_us:.2f}"),
         ("load CPU s", lambda r: f"{r.load_cpu:.2f}"),
+        ("body sends/frame", lambda r: f"{r.sends_per_frame:.3f}"),
+        ("write syscalls/frame", lambda r: _per_frame(r.syscw, r.frames)),
+        ("GCs in publish (ms)", lambda r: f"{r.gc_count} ({r.gc_seconds * 1e3:.1f})"),
+        ("longest GC ms", lambda r: f"{r.gc_longest * 1e3:.1f}"),
         ("clients with every event", lambda r: f"{r.complete:,}/{r.fast:,}"),
     ]
-    if scenario.stall_every:
+    if stalls:
         rows += [
             ("stalled clients dropped", lambda r: f"{len(r.dropped):,}/{r.stalled:,}"),
             ("dropped after s (median)", lambda r: _median(r.dropped)),
@@ -470,22 +688,78 @@ def table(scenario: Scenario, results: list[Result], burst: dict[str, Result]) -
                 ("latency p99 vs burst", lambda r: _change(r, burst, "p99_ms")),
             ]
     width = max(16, *(len(r.variant) + 2 for r in results))
-    lines = [f"== {scenario.name}: {scenario.title} =="]
+    first = results[0]
+    lines = [f"-- under {first.server} ({first.loop} loop)"]
     lines.append(f"{'':<28}" + "".join(f"{r.variant:>{width}}" for r in results))
     lines += [
         f"{name:<28}" + "".join(f"{cell(r):>{width}}" for r in results) for name, cell in rows
     ]
-    ours = next((r for r in results if r.variant == "ssebus"), None)
-    for other in results:
-        if ours is None or other is ours:
-            continue
+    for ours, other in _pairs(results):
         lines.append(
-            f"ssebus / {other.variant}: throughput = {_ratio(ours.rate, other.rate)}, "
+            f"{ours.variant} / {other.variant} ({first.server}): "
+            f"throughput = {_ratio(ours.rate, other.rate)}, "
             f"p99 latency = {_ratio(ours.p99_ms, other.p99_ms)}, "
             f"idle RSS/client = {_ratio(ours.idle_rss, other.idle_rss)}, "
-            f"CPU/frame = {_ratio(ours.cpu_per_frame_us, other.cpu_per_frame_us)}"
+            f"CPU/frame = {_ratio(ours.cpu_per_frame_us, other.cpu_per_frame_us)}, "
+            f"sends/frame = {_ratio(ours.sends_per_frame, other.sends_per_frame)}"
         )
     return "\n".join(lines)
+
+
+def idle_table(results: list[IdleResult]) -> str:
+    """One server's idle20k figures, one column per variant, then ssebus's ratios."""
+    rows: list[tuple[str, Callable[[IdleResult], str]]] = [
+        ("connected in s", lambda r: f"{r.connect_seconds:.1f}"),
+        ("RSS/connection KiB", lambda r: f"{r.idle_rss / 1024:.1f}"),
+        ("gc objects/connection", lambda r: f"{r.objects:.1f}"),
+        ("all clients had it, worst ms", lambda r: _ms(max(r.worst, default=float("nan")))),
+        ("all clients had it, p50 ms", lambda r: _ms(_median_of(r.worst))),
+        ("events every client had", lambda r: f"{r.complete}/{len(r.worst)}"),
+        ("GCs in the events (gen 2)", lambda r: f"{r.gc_count} ({r.gc_full})"),
+        ("GC total ms", lambda r: f"{r.gc_seconds * 1e3:.1f}"),
+        ("longest GC ms", lambda r: f"{r.gc_longest * 1e3:.1f}"),
+    ]
+    width = max(16, *(len(r.variant) + 2 for r in results))
+    first = results[0]
+    lines = [f"-- under {first.server} ({first.loop} loop), {first.clients:,} clients"]
+    lines.append(f"{'':<30}" + "".join(f"{r.variant:>{width}}" for r in results))
+    lines += [
+        f"{name:<30}" + "".join(f"{cell(r):>{width}}" for r in results) for name, cell in rows
+    ]
+    for ours, other in _pairs(results):
+        worst_ours, worst_other = max(ours.worst, default=0), max(other.worst, default=0)
+        lines.append(
+            f"{ours.variant} / {other.variant} ({first.server}): "
+            f"worst all-clients time = {_ratio(worst_ours, worst_other)}, "
+            f"median = {_ratio(_median_of(ours.worst), _median_of(other.worst))}, "
+            f"RSS/connection = {_ratio(ours.idle_rss, other.idle_rss)}, "
+            f"objects/connection = {_ratio(ours.objects, other.objects)}"
+        )
+    return "\n".join(lines)
+
+
+def _pairs(results: Sequence[Any]) -> list[tuple[Any, Any]]:
+    """(ssebus, other) for each other variant, a frozen ssebus against the frozen others."""
+    by_label = {r.variant: r for r in results}
+    pairs = []
+    for r in results:
+        _, freeze = base_variant(r.variant)
+        ours = by_label.get("ssebus" + (FREEZE if freeze else ""))
+        if ours is not None and r is not ours:
+            pairs.append((ours, r))
+    return pairs
+
+
+def _median_of(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:,.1f}"
+
+
+def _per_frame(count: int | None, frames: int) -> str:
+    return "-" if count is None or not frames else f"{count / frames:.3f}"
 
 
 def _ratio(ours: float, theirs: float) -> str:
@@ -504,8 +778,8 @@ def _events_behind(result: Result) -> str:
     return f"{share * result.events:,.0f}"
 
 
-def _change(result: Result, burst: dict[str, Result], metric: str) -> str:
-    before = burst.get(result.variant)
+def _change(result: Result, burst: dict[tuple[str, str], Result], metric: str) -> str:
+    before = burst.get((result.server, result.variant))
     if before is None or not getattr(before, metric):
         return "-"
     return f"{getattr(result, metric) / getattr(before, metric) - 1:+.0%}"
@@ -516,7 +790,8 @@ def _change(result: Result, burst: dict[str, Result], metric: str) -> str:
 
 def plan(args: argparse.Namespace) -> list[Scenario]:
     """The scenarios asked for, sized by the options."""
-    n, m, rate = args.clients, args.events, args.rate
+    n, m, rate = args.clients or 1000, args.events, args.rate
+    idle = args.idle_clients
     steady = max(1, round(rate * args.seconds))
     many, few = 10 * n, max(1, m // 20)
     every = f"yielding every {args.yield_every}"
@@ -542,66 +817,107 @@ def plan(args: argparse.Namespace) -> list[Scenario]:
             rcvbuf=4096,
         ),
         "10k": Scenario("10k", f"{many:,} clients, {few:,} events at once ({every})", many, few),
+        "idle20k": Scenario(
+            "idle20k",
+            f"{idle:,} idle clients, then {IDLE_EVENTS} single events {IDLE_INTERVAL:g} s apart",
+            idle,
+            IDLE_EVENTS,
+        ),
     }
     return [scenarios[name] for name in args.scenario]
 
 
 async def run(args: argparse.Namespace) -> None:
-    """Measure every scenario on every variant and print a table per scenario."""
-    burst: dict[str, Result] = {}
+    """Measure every scenario on every variant under every server; a table per server."""
+    burst: dict[tuple[str, str], Result] = {}
     for scenario in plan(args):
-        runs: dict[str, list[Result]] = {variant: [] for variant in args.variants}
+        print(f"== {scenario.name}: {scenario.title} ==", flush=True)
+        if scenario.name == "idle20k":
+            await run_idle(scenario, args)
+            continue
+        runs = {(s, v): list[Result]() for s in args.servers for v in args.labels}
         for _ in range(args.repeat):  # variants take turns, so noise hits them alike
-            for variant in args.variants:
-                runs[variant].append(await measure(scenario, variant, args))
-        results = [median_result(runs[variant]) for variant in args.variants]
-        if args.repeat > 1:
-            print(spread(runs), flush=True)
-        if scenario.name == "burst":
-            burst = {r.variant: r for r in results}
-        print(table(scenario, results, burst), end="\n\n", flush=True)
-        if args.profile:
-            for variant in args.variants:
-                print(f"-- py-spy, {scenario.name}, {variant}: self %, total %")
-                for name, own, total in top_functions(
-                    Path(args.profile) / f"{scenario.name}-{variant}.txt"
-                ):
-                    print(f"{own:6.1f} {total:6.1f}  {name}")
-            print(flush=True)
+            for server in args.servers:
+                for label in args.labels:
+                    runs[server, label].append(await measure(scenario, label, server, args))
+        for server in args.servers:
+            results = [median_result(runs[server, label]) for label in args.labels]
+            if args.repeat > 1:
+                print(spread(server, {v: runs[server, v] for v in args.labels}), flush=True)
+            if scenario.name == "burst":
+                burst.update({(r.server, r.variant): r for r in results})
+            print(table(results, burst, bool(scenario.stall_every)), end="\n\n", flush=True)
+            if args.profile:
+                for label in args.labels:
+                    print(f"-- py-spy, {scenario.name}, {server}, {label}: self %, total %")
+                    for name, own, total in top_functions(
+                        Path(args.profile) / f"{scenario.name}-{server}-{label}.txt"
+                    ):
+                        print(f"{own:6.1f} {total:6.1f}  {name}")
+                print(flush=True)
+
+
+async def run_idle(scenario: Scenario, args: argparse.Namespace) -> None:
+    """idle20k on every variant under every server (once each: it is long)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if scenario.clients + 100 > hard:
+        raise SystemExit(f"idle20k: {scenario.clients:,} clients need more than {hard:,} files")
+    for server in args.servers:
+        results = [await measure_idle(scenario, label, server) for label in args.labels]
+        print(idle_table(results), end="\n\n", flush=True)
 
 
 async def memory_sites(args: argparse.Namespace) -> None:
     """Print, per variant, the allocation sites that grow with idle clients, per client."""
+    n = args.clients or 1000
     for variant in args.variants:
-        scenario = Scenario("idle", "", args.clients, 0)
-        async with Server(variant, trace_memory=True) as server:
+        scenario = Scenario("idle", "", n, 0)
+        async with Server(variant, server=args.servers[0], trace_memory=True) as server:
             await server.request("GET", "/memory")
             clients = await connect_all(server.port, scenario, Tally())
             try:
-                await server.wait_connected(args.clients)
+                await server.wait_connected(n)
                 await asyncio.sleep(SETTLE_SECONDS)
                 sites = await server.request("GET", "/memory")
             finally:
                 for client in clients:
                     client.close()
         total = sum(size for _, size, _ in sites)
-        print(f"-- tracemalloc, {variant}: {total / args.clients:,.0f} B/client traced")
+        print(f"-- tracemalloc, {variant}: {total / n:,.0f} B/client traced")
         for site, size, blocks in sites[: args.sites]:
-            print(f"{size / args.clients:8,.0f} B {blocks / args.clients:6.1f} blocks  {site}")
+            print(f"{size / n:8,.0f} B {blocks / n:6.1f} blocks  {site}")
         print(flush=True)
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Compare SSE fan-out across server variants.")
-    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument(
+        "--clients", type=int, help=f"default 1,000 (idle20k: {IDLE_CLIENTS:,}); 10k takes 10x"
+    )
     parser.add_argument("--events", type=int, default=2000, help="events per burst")
     parser.add_argument("--size", type=int, default=100, help="bytes of JSON per event")
     parser.add_argument("--rate", type=float, default=20, help="events/s in steady")
     parser.add_argument("--seconds", type=float, default=5, help="duration of steady")
     parser.add_argument("--yield-every", type=int, default=10, help="burst: events per yield")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--scenario", default=",".join(SCENARIOS))
-    parser.add_argument("--quick", action="store_true", help="200 clients, 200 events, 2 s")
+    parser.add_argument(
+        "--scenario",
+        default=",".join(DEFAULT_SCENARIOS),
+        help=f"of {', '.join(SCENARIOS)} (idle20k only when named)",
+    )
+    parser.add_argument(
+        "--servers", default="uvicorn", help=f"of {', '.join(SERVERS)}; each variant under each"
+    )
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="also run each variant with gc.freeze() once the clients are connected",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="200 clients, 200 events, 2 s (idle20k: 2,000 clients)",
+    )
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs per scenario; the tables show medians"
     )
@@ -613,10 +929,16 @@ def parse_args() -> argparse.Namespace:
         "--sites", type=int, default=12, help="allocation sites to list with --tracemalloc"
     )
     args = parser.parse_args()
+    args.idle_clients = args.clients or (2000 if args.quick else IDLE_CLIENTS)
     if args.quick:
-        args.clients, args.events, args.seconds = 200, 200, 2
+        args.clients, args.events, args.seconds = args.clients or 200, 200, 2
     args.variants = args.variants.split(",")
     args.scenario = args.scenario.split(",")
+    args.servers = args.servers.split(",")
+    args.labels = args.variants + [v + FREEZE for v in args.variants if args.gc_freeze]
+    for name in args.servers:
+        if name not in SERVERS:
+            parser.error(f"unknown server {name!r}; pick from {', '.join(SERVERS)}")
     for name in args.variants:
         if name not in VARIANTS:
             parser.error(f"unknown variant {name!r}; pick from {', '.join(VARIANTS)}")
@@ -633,11 +955,16 @@ def main() -> None:
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
     print(f"Python {platform.python_version()}, {platform.platform()}, {os.cpu_count()} CPUs")
+    servers = ", ".join(f"{name} {version(name)}" for name in args.servers)
     print(
         f"ssebus {version('ssebus')}, sse-starlette {version('sse-starlette')}, "
-        f"uvicorn {version('uvicorn')}, uvloop {version('uvloop')}\n",
+        f"{servers}, uvloop {version('uvloop')}",
         flush=True,
     )
+    if "ssebus-delay" in args.variants:
+        delay = os.environ.get("SSEBUS_BENCH_WRITE_DELAY", "0.005")
+        print(f"ssebus-delay: write_delay={delay} (SSEBUS_BENCH_WRITE_DELAY)")
+    print(flush=True)
     uvloop.run(memory_sites(args) if args.tracemalloc else run(args))
 
 
