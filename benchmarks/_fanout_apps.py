@@ -319,6 +319,7 @@ class Router:
         self.variant = variant
         self.connected = 0
         self.body_sends = 0
+        self.last_send = 0.0  # time.monotonic() of the latest body send (idle20k)
         self.gc_log = GcLog()
         self._memory_baseline: tracemalloc.Snapshot | None = None
 
@@ -328,6 +329,7 @@ class Router:
         def counted(message: Message) -> Awaitable[None]:
             if message["type"] == "http.response.body":
                 self.body_sends += 1
+                self.last_send = time.monotonic()
             return send(message)
 
         return counted
@@ -370,6 +372,7 @@ class Router:
                     **stats,
                     "backlog": variant.backlog(),
                     "body_sends": self.body_sends,
+                    "last_send": self.last_send,
                     "pid": os.getpid(),
                     "loop": loop,
                     "gc": self.gc_log.stats(),

@@ -194,6 +194,7 @@ class IdleResult:
     idle_rss: float  # bytes per connection
     objects: float  # gc-tracked objects per connection
     worst: list[float]  # per event, seconds from publish until every client had it
+    server_side: list[float]  # per event, seconds from publish until the server's last send
     complete: int  # events every client received
     gc_count: int
     gc_full: int  # of which of the oldest generation
@@ -567,10 +568,15 @@ async def measure_idle(scenario: Scenario, label: str, server_name: str) -> Idle
             objects = (await server.request("GET", "/objects"))["objects"]
             await prepare(server, n, 0, freeze)  # after counting: frozen ones are not listed
             await server.request("GET", "/stats?reset=1")
+            server_side = []
             for i in range(scenario.events):
                 sent = time.monotonic()
                 await server.request("POST", "/publish?count=1&rate=0&yield_every=1")
                 await wait_delivered(tally, (i + 1) * n)
+                assert tally.worst is not None
+                published = max(map(float, tally.worst))  # this event's stamp
+                last_send = (await server.request("GET", "/stats"))["last_send"]
+                server_side.append(last_send - published)
                 await asyncio.sleep(max(0.0, sent + IDLE_INTERVAL - time.monotonic()))
             gc_stats = (await server.request("GET", "/stats"))["gc"]
         finally:
@@ -587,6 +593,7 @@ async def measure_idle(scenario: Scenario, label: str, server_name: str) -> Idle
         idle_rss=(rss_idle - rss_before) / n,
         objects=(objects - objects_before) / n,
         worst=[tally.worst[e] for e in events],
+        server_side=server_side,
         complete=sum(tally.received[e] == n for e in events),
         gc_count=gc_stats["count"],
         gc_full=gc_stats["by_generation"][2],
@@ -714,6 +721,8 @@ def idle_table(results: list[IdleResult]) -> str:
         ("gc objects/connection", lambda r: f"{r.objects:.1f}"),
         ("all clients had it, worst ms", lambda r: _ms(max(r.worst, default=float("nan")))),
         ("all clients had it, p50 ms", lambda r: _ms(_median_of(r.worst))),
+        ("server's last send, worst ms", lambda r: _ms(max(r.server_side, default=float("nan")))),
+        ("server's last send, p50 ms", lambda r: _ms(_median_of(r.server_side))),
         ("events every client had", lambda r: f"{r.complete}/{len(r.worst)}"),
         ("GCs in the events (gen 2)", lambda r: f"{r.gc_count} ({r.gc_full})"),
         ("GC total ms", lambda r: f"{r.gc_seconds * 1e3:.1f}"),
