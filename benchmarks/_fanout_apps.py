@@ -30,7 +30,7 @@ streaming differs:
 
 Variants: ``ssebus`` (``Broadcaster`` + ``SseEndpoint``), ``ssebus-delay`` (the same with
 ``write_delay`` from ``SSEBUS_BENCH_WRITE_DELAY``: seconds, or ``auto``, passed on as the
-string; 0.005 s by default), ``sse-starlette`` (a queue per client drained by its
+string; ``auto`` by default), ``sse-starlette`` (a queue per client drained by its
 ``EventSourceResponse``, the usual broadcast recipe) and ``bare`` (a queue of pre-encoded
 frames per client, one ``send`` per frame, nothing else). The ssebus variants run without
 ``max_connections`` (idle20k opens more streams than its default allows here).
@@ -129,7 +129,7 @@ class _TimedRegistry(InMemoryClientRegistry):
 
 def bench_write_delay() -> Any:
     """``SSEBUS_BENCH_WRITE_DELAY``: a float of seconds, or the string ``auto`` as is."""
-    raw = os.environ.get("SSEBUS_BENCH_WRITE_DELAY", "0.005").strip()
+    raw = os.environ.get("SSEBUS_BENCH_WRITE_DELAY", "auto").strip()
     return raw if raw == "auto" else float(raw)
 
 
@@ -171,8 +171,9 @@ class SsebusVariant:
 
 
 class SsebusDelayVariant(SsebusVariant):
-    """The same with ``write_delay`` from ``SSEBUS_BENCH_WRITE_DELAY`` (default 0.005: a
-    busy stream writes at most every 5 ms; ``auto`` is passed on as the string)."""
+    """The same with ``write_delay`` from ``SSEBUS_BENCH_WRITE_DELAY`` (default ``auto``:
+    a busy stream writes at most once per four turns of the event loop; a number is
+    seconds)."""
 
     write_delay = bench_write_delay()
 

@@ -971,7 +971,7 @@ def main() -> None:
         flush=True,
     )
     if "ssebus-delay" in args.variants:
-        delay = os.environ.get("SSEBUS_BENCH_WRITE_DELAY", "0.005")
+        delay = os.environ.get("SSEBUS_BENCH_WRITE_DELAY", "auto")
         print(f"ssebus-delay: write_delay={delay} (SSEBUS_BENCH_WRITE_DELAY)")
     print(flush=True)
     uvloop.run(memory_sites(args) if args.tracemalloc else run(args))
