@@ -86,7 +86,10 @@ class Broadcaster:
     * ``max_queue`` frames and ``max_queue_bytes`` bytes may wait per connection, written
       at most ``max_write_bytes`` at a time (so the server's flow control applies); a client
       further behind is evicted and resumes when it reconnects. ``write_timeout`` bounds
-      one write.
+      one write. ``write_delay`` (off by default) makes a busy stream wait after a write,
+      so frames published meanwhile share the next: seconds, or ``"auto"``: at most one
+      write per window of four turns of the event loop, every busy stream writing in the
+      window's first turn.
     * On shutdown each connection gets a final ``retry:`` drawn from ``reconnect_jitter``
       (milliseconds, low and high) so clients do not all come back at once.
     * ``max_connections`` (default ``"auto"``: the open-files limit less a tenth, at least
