@@ -8,6 +8,8 @@ ones (as ``anyio.Event.__new__`` picks a backend class) and anyio's elsewhere.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Union
 
@@ -18,6 +20,10 @@ __all__ = ["Background", "Waiter", "new_waiter", "soon_from_anywhere", "wake"]
 
 
 _get_running_loop = asyncio.events._get_running_loop  # C; None outside a loop's thread
+#: Whether ``loop.create_task`` takes a ``context`` (Python 3.11+).
+_TASK_CONTEXT = sys.version_info >= (3, 11)
+#: Where the done-callbacks of :meth:`Background.hang` run: they read no context variable.
+_CALLBACK_CONTEXT = contextvars.Context()
 
 
 def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
@@ -69,7 +75,8 @@ class Background:
 
     def __init__(self, tasks: anyio.abc.TaskGroup) -> None:
         self._tasks = tasks
-        self._running: set[asyncio.Task[None]] = set()
+        self._running: set[asyncio.Future[Any]] = set()
+        self._discard = self._running.discard  # one bound method, not one per task
 
     def start(self, function: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], object]:
         """Run ``function()``; returns the function that cancels it."""
@@ -85,8 +92,36 @@ class Background:
             return scope.cancel
         task = loop.create_task(function())
         self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        task.add_done_callback(self._discard)
         return task.cancel
+
+    def hang(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        awaitable: Awaitable[Any],
+        context: contextvars.Context,
+        callback: Callable[[asyncio.Future[Any]], object],
+    ) -> asyncio.Future[Any]:
+        """asyncio only: await ``awaitable`` in a task of its own (in ``context``), tracked
+        like :meth:`start`'s, and call ``callback(task)`` once it is done, which must
+        :meth:`forget` it. Nothing of ssebus's waits meanwhile: no coroutine, closure or
+        bound method per task, only the task (``awaitable`` itself if it is a future)."""
+        future: asyncio.Future[Any]
+        if asyncio.iscoroutine(awaitable):
+            if _TASK_CONTEXT:
+                future = loop.create_task(awaitable, context=context)  # type: ignore[call-arg]
+            else:  # Python 3.10: the task copies the current context, the same variables
+                future = context.run(loop.create_task, awaitable)
+        else:
+            future = asyncio.ensure_future(awaitable, loop=loop)
+        self._running.add(future)
+        # In a context of its own, shared: given none, each callback would copy one.
+        future.add_done_callback(callback, context=_CALLBACK_CONTEXT)
+        return future
+
+    def forget(self, future: asyncio.Future[Any]) -> None:
+        """A task of :meth:`hang` is done."""
+        self._running.discard(future)
 
     async def aclose(self) -> None:
         """Cancel every task still running and wait until they have ended."""
