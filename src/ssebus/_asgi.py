@@ -165,8 +165,10 @@ class SseEndpoint:
                 watch=receive,
                 on_stall=partial(_sever_stalled, scope),
             )
-            # Inline, not a coroutine of its own: one object fewer per open stream.
-            async with connect as connection:
+            # Inline, not a coroutine of its own, and ``async with connect`` spelt out (it
+            # would keep a bound ``__aexit__``): two objects fewer per open stream.
+            connection = await connect.__aenter__()
+            try:
                 self._said_not_running = False
                 await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
                 try:
@@ -177,6 +179,11 @@ class SseEndpoint:
                     # hold the final write back for the whole grace period.
                     with anyio.move_on_after(self.shutdown_grace, shield=True):
                         await self._end(connection, send)
+            except BaseException as exc:
+                if not await connect.__aexit__(type(exc), exc, exc.__traceback__):
+                    raise
+            else:
+                await connect.__aexit__(None, None, None)
         except ClosedError:
             self._not_running()
             await _respond(send, 503, "Service Unavailable", [(b"retry-after", b"5")])

@@ -612,6 +612,8 @@ class Broadcaster:
         stream.stop()
         connection.close("stream ended")
         connection.dispose()
+        # No cycle left for the collector: nothing can stall a disposed connection.
+        connection.on_stall = None
         self.registry.remove(connection.id)
         self._admission.release(stream.key)
         self._metrics.add(Metric.CONNECTIONS_CLOSED)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
 
@@ -12,6 +15,7 @@ from ._frame import Frame
 from ._metrics import Metric, Metrics
 from ._outbox import Outbox
 from ._resume import Handover, Replay
+from ._seam import _get_running_loop
 from ._subscription import EVERYTHING, Subscription
 
 __all__ = ["SseConnection", "Write"]
@@ -20,6 +24,22 @@ logger = logging.getLogger("ssebus")
 
 #: Writes bytes to the client (e.g. one ASGI ``http.response.body`` message).
 Write = Callable[[bytes], Awaitable[None]]
+
+#: ``SseConnection._scope`` once :meth:`SseConnection.abort` has cancelled the task.
+_CANCELLED = object()
+#: Whether ``Task.uncancel`` exists (Python 3.11+): before, anyio's scope tells the
+#: cancellation of ``abort`` from any other.
+_UNCANCEL = sys.version_info >= (3, 11)
+
+
+def _native_task() -> asyncio.Task[Any] | None:
+    """The current asyncio task, where ``run`` cancels it itself; None elsewhere."""
+    if not _UNCANCEL or _get_running_loop() is None:
+        return None
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # a loop that runs no task now
+        return None
 
 
 class SseConnection:
@@ -96,7 +116,9 @@ class SseConnection:
         #: socket and sets ``severed``: True if it could, False if not).
         self.on_stall: Callable[[], object] | None = None
         self.severed: bool | None = None
-        self._scope: anyio.CancelScope | None = None
+        #: What :meth:`abort` cancels while :meth:`run` runs: its task on asyncio (then
+        #: ``_CANCELLED`` once cancelled), an anyio cancel scope elsewhere.
+        self._scope: anyio.CancelScope | asyncio.Task[Any] | object | None = None
         self._writing_since: float | None = None
         self._expired = expired
         self._handover: Handover | None = None
@@ -213,7 +235,21 @@ class SseConnection:
         self._aborted = True
         self._stop()
         if self._scope is not None:
-            self._scope.cancel()
+            self._cancel_run()
+
+    def _cancel_run(self) -> None:
+        """Cancel what :meth:`run` awaits, unless it is this very task (it sees
+        ``_aborted`` before its next wait) or it was cancelled already."""
+        scope = self._scope
+        if isinstance(scope, asyncio.Task):
+            loop = scope.get_loop()
+            if loop is not _get_running_loop():  # a granian thread worker's stream
+                loop.call_soon_threadsafe(self._cancel_run)
+            elif scope is not asyncio.current_task(loop):
+                self._scope = _CANCELLED
+                scope.cancel()
+        elif isinstance(scope, anyio.CancelScope):
+            scope.cancel()
 
     def check_write(self, now: float) -> None:
         """Abort the connection if a write started before ``now - write_timeout``
@@ -254,24 +290,45 @@ class SseConnection:
         calls it); so do :meth:`close` and the subscription's ``expires_at`` passing.
         Returns once nothing more will be written; never raises for a client's failure.
         """
-        with anyio.CancelScope() as self._scope:
-            if self._aborted:
+        task = _native_task()
+        if task is None:
+            with anyio.CancelScope() as self._scope:
+                await self._run(write)
+            return
+        # On asyncio the task itself is cancelled, as an anyio scope would, for less: a
+        # scope is six objects more per stream for the collector (with its task state).
+        self._scope = task
+        try:
+            await self._run(write)
+        except asyncio.CancelledError:
+            if self._scope is not _CANCELLED:
+                raise  # not :meth:`abort`'s
+            self._scope = None
+            if task.uncancel():  # type: ignore[attr-defined]
+                raise  # not only :meth:`abort`'s
+        finally:
+            if self._scope is _CANCELLED:  # a write swallowed it: take the request back
+                task.uncancel()  # type: ignore[attr-defined]
+            self._scope = None
+
+    async def _run(self, write: Write) -> None:
+        if self._aborted:
+            return
+        handover = self._handover
+        if handover is not None:
+            assert self._replay is not None
+            if self._prelude and not await self.send(write, self._prelude, 0):
                 return
-            handover = self._handover
-            if handover is not None:
-                assert self._replay is not None
-                if self._prelude and not await self.send(write, self._prelude, 0):
-                    return
-                self._prelude = b""
-                self.position = await handover.catch_up(self, self._replay, write)
-                self._handover = None
-            expires_at = self.subscription.expires_at
-            if expires_at is None:
-                await self._pump(write)
-            elif not await self._pump(write, expires_at - time.time()):
-                self.close("credentials expired", final=self._expired)
-                logger.info("connection %s: credentials expired", self.id)
-                await self._pump(write)
+            self._prelude = b""
+            self.position = await handover.catch_up(self, self._replay, write)
+            self._handover = None
+        expires_at = self.subscription.expires_at
+        if expires_at is None:
+            await self._pump(write)
+        elif not await self._pump(write, expires_at - time.time()):
+            self.close("credentials expired", final=self._expired)
+            logger.info("connection %s: credentials expired", self.id)
+            await self._pump(write)
 
     async def _pump(self, write: Write, remaining: float | None = None) -> bool:
         """Write what is queued, one write per wake-up, until the connection closes (True)
