@@ -14,9 +14,10 @@ after ``-n`` more idle ones; the difference divided by ``-n`` is printed per con
   by type name: what every full collection has to traverse, per idle stream;
 * bytes traced by ``tracemalloc`` (the server runs with it on: ``--no-tracemalloc`` to
   measure without its overhead) and VmRSS;
-* how long one full ``gc.collect()`` takes at that many connections, and the same after
-  ``gc.freeze()`` (everything alive then moved to the permanent generation, which
-  collections skip; ``gc.unfreeze()`` after).
+* how long one full ``gc.collect()`` takes (the median of three) after the warm-up and
+  after the idle streams, and the same after ``gc.freeze()`` (everything alive then moved
+  to the permanent generation, which collections skip; ``gc.unfreeze()`` after). An app
+  that froze once started collects about the difference of the first two.
 
 ``--loop asyncio|uvloop`` and ``--http h11|httptools`` choose uvicorn's (the fan-out
 benchmark uses uvloop and httptools). Figures, never assertions.
@@ -31,6 +32,7 @@ import json
 import os
 import resource
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -74,13 +76,9 @@ class GcRoute:
 def gc_stats() -> dict[str, Any]:
     """This process's figures now (see :class:`GcRoute`)."""
     gc.collect()
-    started = time.perf_counter()
-    gc.collect()
-    collect = time.perf_counter() - started
+    collect = timed_collection()
     gc.freeze()
-    started = time.perf_counter()
-    gc.collect()
-    frozen = time.perf_counter() - started
+    frozen = timed_collection()
     gc.unfreeze()
     objects = gc.get_objects()
     by_type = collections.Counter(type(o).__name__ for o in objects)
@@ -95,6 +93,16 @@ def gc_stats() -> dict[str, Any]:
         "collect": collect,
         "collect_frozen": frozen,
     }
+
+
+def timed_collection(repeat: int = 3) -> float:
+    """Seconds one full ``gc.collect()`` takes, the median of ``repeat``."""
+    durations = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        gc.collect()
+        durations.append(time.perf_counter() - started)
+    return statistics.median(durations)
 
 
 def serve(variant: str, loop: str, http: str) -> None:

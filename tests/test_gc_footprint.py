@@ -10,14 +10,14 @@ import asyncio
 import collections
 import gc
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
 
 from ssebus import Broadcaster, EventMap, InMemoryEventBus, SseConnection, SseEndpoint
 from ssebus._frame import Frame
 from ssebus._metrics import Metrics
 
-Message = dict[str, Any]
+Message = MutableMapping[str, Any]
 App = Callable[[dict[str, Any], Callable[[], Awaitable[Message]], Any], Coroutine[Any, Any, None]]
 
 #: Streams opened before counting (one-time allocations), then counted.
@@ -121,6 +121,36 @@ def test_an_idle_stream_holds_few_gc_tracked_objects_beyond_a_pending_receive() 
         f"awaits the disconnect ({ssebus:.1f} against {baseline:.1f}); at most "
         f"{MAX_EXTRA_OBJECTS} expected: what does each stream keep now?"
     )
+
+
+async def _cyclic_garbage_of_closed_streams(count: int) -> int:
+    broadcaster = Broadcaster(InMemoryEventBus(), EventMap({}))
+    endpoint = SseEndpoint(broadcaster, stop_on_signals=False)
+    loop = asyncio.get_running_loop()
+    async with broadcaster:
+        gc.collect()
+        gc.disable()
+        try:
+            clients = [_Client(loop, 10_000 + i) for i in range(count)]
+            requests = [loop.create_task(endpoint(c.scope, c.receive, c.send)) for c in clients]
+            for _ in range(10):
+                await asyncio.sleep(0)
+            assert all(client.started for client in clients)
+            for client in clients:
+                client.leave()
+            await asyncio.wait_for(asyncio.gather(*requests), 10)
+            for _ in range(10):
+                await asyncio.sleep(0)
+            del requests, clients
+            return gc.collect()
+        finally:
+            gc.enable()
+
+
+def test_a_closed_stream_leaves_no_reference_cycle_for_the_collector() -> None:
+    """Reference counting frees a closed stream whole (12 cyclic objects per stream were
+    left before), so an app may ``gc.freeze()`` its open streams without leaking them."""
+    assert asyncio.run(_cyclic_garbage_of_closed_streams(50)) == 0
 
 
 # On asyncio ``SseConnection.run`` is cancelled through its own task rather than an anyio
