@@ -7,9 +7,8 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Iterable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
-from functools import partial
+from collections.abc import Callable, Collection, Coroutine, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from types import TracebackType
 from typing import Any, Literal
 
@@ -43,7 +42,7 @@ from ._resume import Replay
 from ._seam import Background, soon_from_anywhere
 from ._subscription import EVERYTHING, Subscription, topic_set
 from ._types import Receive
-from ._watch import watch_disconnect
+from ._watch import OnStall, StreamWatch
 
 __all__ = ["Broadcaster"]
 
@@ -545,8 +544,7 @@ class Broadcaster:
 
     # -- connections -----------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def connect(
+    def connect(
         self,
         *,
         last_event_id: str | None = None,
@@ -555,7 +553,7 @@ class Broadcaster:
         subscription: Subscription | None = None,
         watch: Receive | None = None,
         on_stall: Callable[[SseConnection], Coroutine[Any, Any, None]] | None = None,
-    ) -> AsyncIterator[SseConnection]:
+    ) -> AbstractAsyncContextManager[SseConnection]:
         """Register a connection; on exit it is closed and removed.
 
         The stream starts with ``retry:`` (if given) and then either the client's position
@@ -571,12 +569,20 @@ class Broadcaster:
         ``max_connections`` (or ``max_connections_per_key`` for its key) it raises
         ``TooManyConnectionsError``.
         """
+        # A class, not an @asynccontextmanager: a generator, its context manager and their
+        # arguments would be four more objects per open stream for the collector.
+        return _Connect(
+            self, last_event_id, retry, connection_id, subscription or EVERYTHING, watch, on_stall
+        )
+
+    def _open(self, stream: _Connect) -> SseConnection:
+        """:meth:`connect`'s entry: register the connection and begin its stream."""
         if self._state != "running":
             raise ClosedError("the broadcaster is not running; no new connections")
-        subscription = subscription or EVERYTHING
-        key = self._admission.admit(subscription, len(self.registry), self._tasks)
-        connection = SseConnection(
-            connection_id or f"conn-{next(self._connection_ids)}",
+        subscription = stream.subscription
+        key = stream.key = self._admission.admit(subscription, len(self.registry), self._tasks)
+        connection = stream.connection = SseConnection(
+            stream.connection_id or f"conn-{next(self._connection_ids)}",
             max_queue=self.max_queue,
             max_bytes=self.max_queue_bytes,
             max_write=self.max_write_bytes,
@@ -593,35 +599,47 @@ class Broadcaster:
             self._admission.release(key)
             connection.dispose()
             raise
-        stop_watching = None
-        if on_stall is not None and self._background is not None:
-            connection.on_stall = partial(self._background.start, partial(on_stall, connection))
-        if watch is not None and self._background is not None:
-            stop_watching = watch_disconnect(self._background, connection, watch)
+        assert self._background is not None
+        stream._background = self._background
+        if stream.on_stall is not None:
+            connection.on_stall = stream  # see StreamWatch: runs on_stall in the background
+        if stream.receive is not None:
+            stream.watch(stream.receive)
+            stream.receive = None
         self._metrics.add(Metric.CONNECTIONS_OPENED)
         try:
+            retry = stream.retry
             prelude = b"" if retry is None else self.encoder.encode(ServerSentEvent(retry=retry))
-            self._replay.begin(connection, last_event_id, prelude)
-            logger.debug("connection %s opened (last event id %r)", connection.id, last_event_id)
-            yield connection
-        finally:
-            if stop_watching is not None:
-                stop_watching()
-            connection.close("stream ended")
-            connection.dispose()
-            self.registry.remove(connection.id)
-            self._admission.release(key)
-            self._metrics.add(Metric.CONNECTIONS_CLOSED)
-            reason = connection.close_reason or "stream ended"
-            if reason.startswith("write"):
-                level = logging.WARNING
-            elif reason in (SHUTTING_DOWN, CUT_AT_SHUTDOWN):
-                level = logging.DEBUG  # aclose tells them all in one line
-            else:
-                level = logging.INFO
-            logger.log(level, "connection %s closed: %s", connection.id, reason)
-            if self._closing() and not len(self.registry):
-                self._at_home(self._drained.set)
+            self._replay.begin(connection, stream.last_event_id, prelude)
+            logger.debug(
+                "connection %s opened (last event id %r)", connection.id, stream.last_event_id
+            )
+        except BaseException:
+            self._close(stream)
+            raise
+        return connection
+
+    def _close(self, stream: _Connect) -> None:
+        """:meth:`connect`'s exit: close the connection and forget it."""
+        connection = stream.connection
+        stream.stop()
+        connection.close("stream ended")
+        connection.dispose()
+        # No cycle left for the collector: nothing can stall a disposed connection.
+        connection.on_stall = None
+        self.registry.remove(connection.id)
+        self._admission.release(stream.key)
+        self._metrics.add(Metric.CONNECTIONS_CLOSED)
+        reason = connection.close_reason or "stream ended"
+        if reason.startswith("write"):
+            level = logging.WARNING
+        elif reason in (SHUTTING_DOWN, CUT_AT_SHUTDOWN):
+            level = logging.DEBUG  # aclose tells them all in one line
+        else:
+            level = logging.INFO
+        logger.log(level, "connection %s closed: %s", connection.id, reason)
+        if self._closing() and not len(self.registry):
+            self._at_home(self._drained.set)
 
     @property
     def max_connections(self) -> int | None:
@@ -725,3 +743,51 @@ class Broadcaster:
         return self.encoder.encode(
             ServerSentEvent(comment="server shutting down", retry=random.randint(low, high))
         )
+
+
+class _Connect(StreamWatch):
+    """What :meth:`Broadcaster.connect` returns: an async context manager that opens the
+    connection on entry and closes it on exit. One object per stream, which is also its
+    disconnect watcher and stall hook (``StreamWatch``)."""
+
+    __slots__ = (
+        "broadcaster",
+        "connection_id",
+        "key",
+        "last_event_id",
+        "receive",
+        "retry",
+        "subscription",
+    )
+
+    connection: SseConnection
+
+    def __init__(
+        self,
+        broadcaster: Broadcaster,
+        last_event_id: str | None,
+        retry: int | None,
+        connection_id: str | None,
+        subscription: Subscription,
+        receive: Receive | None,
+        on_stall: OnStall | None,
+    ) -> None:
+        super().__init__(None, on_stall)
+        self.broadcaster = broadcaster
+        self.last_event_id = last_event_id
+        self.retry = retry
+        self.connection_id = connection_id
+        self.subscription = subscription
+        self.receive = receive
+        self.key: str | None = None
+
+    async def __aenter__(self) -> SseConnection:
+        return self.broadcaster._open(self)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.broadcaster._close(self)

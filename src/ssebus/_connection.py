@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -13,7 +14,7 @@ from ._frame import Frame
 from ._metrics import Metric, Metrics
 from ._outbox import Outbox
 from ._resume import Handover, Replay
-from ._seam import turn_clock
+from ._seam import RunScope, cancel_run, run_cancellable, turn_clock
 from ._subscription import EVERYTHING, Subscription
 
 __all__ = ["SseConnection", "Write"]
@@ -104,7 +105,8 @@ class SseConnection:
         #: socket and sets ``severed``: True if it could, False if not).
         self.on_stall: Callable[[], object] | None = None
         self.severed: bool | None = None
-        self._scope: anyio.CancelScope | None = None
+        #: What :meth:`abort` cancels while :meth:`run` runs (see ``_seam.run_cancellable``).
+        self._scope: RunScope = None
         self._writing_since: float | None = None
         self._expired = expired
         self._handover: Handover | None = None
@@ -221,7 +223,7 @@ class SseConnection:
         self._aborted = True
         self._stop()
         if self._scope is not None:
-            self._scope.cancel()
+            cancel_run(self)
 
     def check_write(self, now: float) -> None:
         """Abort the connection if a write started before ``now - write_timeout``
@@ -253,7 +255,7 @@ class SseConnection:
             metrics.sent(events, len(data))
         return not self._aborted
 
-    async def run(self, write: Write) -> None:
+    def run(self, write: Write) -> Coroutine[Any, Any, None]:
         """Write the prelude, what the client missed, then every queued frame until the
         connection closes.
 
@@ -262,24 +264,26 @@ class SseConnection:
         calls it); so do :meth:`close` and the subscription's ``expires_at`` passing.
         Returns once nothing more will be written; never raises for a client's failure.
         """
-        with anyio.CancelScope() as self._scope:
-            if self._aborted:
+        return run_cancellable(self, self._run(write))
+
+    async def _run(self, write: Write) -> None:
+        if self._aborted:
+            return
+        handover = self._handover
+        if handover is not None:
+            assert self._replay is not None
+            if self._prelude and not await self.send(write, self._prelude, 0):
                 return
-            handover = self._handover
-            if handover is not None:
-                assert self._replay is not None
-                if self._prelude and not await self.send(write, self._prelude, 0):
-                    return
-                self._prelude = b""
-                self.position = await handover.catch_up(self, self._replay, write)
-                self._handover = None
-            expires_at = self.subscription.expires_at
-            if expires_at is None:
-                await self._pump(write)
-            elif not await self._pump(write, expires_at - time.time()):
-                self.close("credentials expired", final=self._expired)
-                logger.info("connection %s: credentials expired", self.id)
-                await self._pump(write)
+            self._prelude = b""
+            self.position = await handover.catch_up(self, self._replay, write)
+            self._handover = None
+        expires_at = self.subscription.expires_at
+        if expires_at is None:
+            await self._pump(write)
+        elif not await self._pump(write, expires_at - time.time()):
+            self.close("credentials expired", final=self._expired)
+            logger.info("connection %s: credentials expired", self.id)
+            await self._pump(write)
 
     async def _pump(self, write: Write, remaining: float | None = None) -> bool:
         """Write what is queued, one write per wake-up, until the connection closes (True)
