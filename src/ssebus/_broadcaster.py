@@ -29,6 +29,8 @@ from ._history import InMemoryHistory
 from ._mapping import EventMap
 from ._metrics import Metric, Metrics, MetricsHook, MetricsSnapshot
 from ._outbox import OutboxFull
+from ._pace import Pacer
+from ._pace import current as current_share
 from ._position import PositionCodec
 from ._protocols import (
     EventHistory,
@@ -49,8 +51,6 @@ __all__ = ["Broadcaster"]
 
 logger = logging.getLogger("ssebus")
 
-#: Replayed entries rendered between two turns of the event loop (about 0.2 ms of work).
-RENDER_SLICE = 10
 #: Why streams end at shutdown: those that took their goodbye, and those cut after
 #: ``shutdown_timeout``.
 SHUTTING_DOWN = "server shutting down"
@@ -212,6 +212,7 @@ class Broadcaster:
         self._codec = None
         self._latest = 0
         self._replay.limiter = anyio.CapacityLimiter(self._replay.limiter.total_tokens)
+        self._replay.pacer = Pacer(self._replay.pacer.budget)
         try:
             tasks = await self._stack.enter_async_context(anyio.create_task_group())
             self._stack.callback(tasks.cancel_scope.cancel)
@@ -641,15 +642,12 @@ class Broadcaster:
             return None
         if entries is None:
             return None
+        share = current_share()  # replay work shares the broadcaster's budget (``_pace``)
         rendered: list[Frame] = []
-        for start in range(0, len(entries), RENDER_SLICE):
-            if start:
-                # Other requests get a turn between slices of a page, not only between pages.
-                await anyio.lowlevel.checkpoint()
-            rendered.extend(
-                self.render(event, tick) or Frame(None, None, b"", tick=tick)
-                for tick, event in entries[start : start + RENDER_SLICE]
-            )
+        for tick, event in entries:
+            if share.due():
+                await share.turn()
+            rendered.append(self.render(event, tick) or Frame(None, None, b"", tick=tick))
         return rendered
 
     def _partition_of(self, event: object) -> str | None:

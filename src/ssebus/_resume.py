@@ -51,6 +51,7 @@ import anyio
 from ._frame import Frame
 from ._metrics import Metric
 from ._outbox import OutboxFull
+from ._pace import Pacer, sharing
 from ._subscription import Subscription
 
 if TYPE_CHECKING:
@@ -92,6 +93,8 @@ class Replay:
         self.page = page
         self.max_replay = max_replay
         self.limiter = anyio.CapacityLimiter(concurrency)
+        #: Every replay's work shares one budget per loop turn (``ssebus._pace``).
+        self.pacer = Pacer()
         self.metrics = metrics
         self.marker = marker
         self.reset = reset
@@ -176,46 +179,56 @@ class Handover:
         replayed = 0
         last_sent: int | None = None
         cursor = self.cursor
-        while cursor is not None and self.pending_reset is None and not connection.closing:
-            # Ask for no more than the cap allows, and for one more once it is reached: a
-            # frame beyond the cap is what turns the replay into a reset.
-            limit = max(1, min(replay.page, replay.max_replay - replayed))
-            async with replay.limiter:
-                frames = await replay.source(partitions, cursor, limit)
-                if frames is None:
-                    break
-                stop = self.held_low
-                if replayed >= replay.max_replay and frames:
-                    first = frames[0].tick
-                    if stop is None or (first is not None and first < stop):
-                        return self._reset(connection, replay, "replay-limit")
-                chunk: list[bytes] = []
-                ended = len(frames) < limit
-                for frame in frames:
-                    tick = frame.tick
-                    assert tick is not None
-                    if stop is not None and tick >= stop:
-                        ended = True
+        share = replay.pacer.share()
+        with sharing(share):  # the bus's replay and the render pace themselves by it
+            while cursor is not None and self.pending_reset is None and not connection.closing:
+                # Ask for no more than the cap allows, and for one more once it is reached:
+                # a frame beyond the cap is what turns the replay into a reset.
+                limit = max(1, min(replay.page, replay.max_replay - replayed))
+                async with replay.limiter:
+                    frames = await replay.source(partitions, cursor, limit)
+                    if frames is None:
                         break
-                    cursor = tick
-                    if replay.visible(frame, connection):
-                        chunk.append(frame.in_view(view, replay.token).data)
-                        last_sent = tick
-                replayed += len(frames)
-                del frames  # a stalled write below must not pin the rendered page
-            self.cursor = cursor
-            if chunk and not await connection.send(write, b"".join(chunk), len(chunk)):
-                return cursor
-            replay.metrics.add(Metric.REPLAYED_FRAMES, len(chunk))
-            del chunk
-            if connection.closing:
-                return cursor  # rule 7: what was held is gone, and so is the marker
-            if ended:
-                # Everything up to the newest tick was replayed, held, or not for us.
-                position = max(cursor, self.held_high, replay.newest())
-                if last_sent != position:
-                    connection.outbox.put_control(replay.marker(view, position))
-                return position
+                    stop = self.held_low
+                    if replayed >= replay.max_replay and frames:
+                        first = frames[0].tick
+                        if stop is None or (first is not None and first < stop):
+                            return self._reset(connection, replay, "replay-limit")
+                    chunk: list[bytes] = []
+                    ended = len(frames) < limit
+                    for frame in frames:
+                        tick = frame.tick
+                        assert tick is not None
+                        if share.due():
+                            # Live frames offered meanwhile up to the cursor are dropped
+                            # (the chunk has them, or they are not for us); a later one
+                            # may be held now, and the replay stops there.
+                            self.cursor = cursor
+                            await share.turn()
+                            stop = self.held_low
+                        if stop is not None and tick >= stop:
+                            ended = True
+                            break
+                        cursor = tick
+                        if replay.visible(frame, connection):
+                            chunk.append(frame.in_view(view, replay.token).data)
+                            last_sent = tick
+                    replayed += len(frames)
+                    del frames  # a stalled write below must not pin the rendered page
+                share.release()  # the write may take long: another replay works meanwhile
+                self.cursor = cursor
+                if chunk and not await connection.send(write, b"".join(chunk), len(chunk)):
+                    return cursor
+                replay.metrics.add(Metric.REPLAYED_FRAMES, len(chunk))
+                del chunk
+                if connection.closing:
+                    return cursor  # rule 7: what was held is gone, and so is the marker
+                if ended:
+                    # Everything up to the newest tick was replayed, held, or not for us.
+                    position = max(cursor, self.held_high, replay.newest())
+                    if last_sent != position:
+                        connection.outbox.put_control(replay.marker(view, position))
+                    return position
         if connection.closing:
             connection.outbox.clear()  # rule 7
             return cursor or 0
