@@ -575,19 +575,20 @@ async def run(
         stack.callback(tasks.cancel_scope.cancel)
         tasks.start_soon(ticker.run)
         for kind in BUSES:
-            # (b) first, while the heap has not grown for (a), so that RSS can show growth
-            async with open_setup(kind, url, f"{name}-b", events) as setup:
-                print(f"  {kind}: filled in {setup.fill_seconds:.1f} s", file=sys.stderr)
-                frame_of = setup.broadcaster.render(order(events), events)
-                assert frame_of is not None
-                frame = len(frame_of.data)
-                rows = []
-                for accept in (0, SOCKET_BUFFER):
-                    plain = await stalled_pass(setup, stalled, accept, events, traced=False)
-                    traced = await stalled_pass(setup, stalled, accept, events, traced=True)
-                    rows.append((plain, traced))
-                memory[kind] = rows
-                print(f"  {kind}: resume memory done", file=sys.stderr)
+            if stalled:  # --stalled 0: (a) only
+                # (b) first, while the heap has not grown for (a), so that RSS can show growth
+                async with open_setup(kind, url, f"{name}-b", events) as setup:
+                    print(f"  {kind}: filled in {setup.fill_seconds:.1f} s", file=sys.stderr)
+                    frame_of = setup.broadcaster.render(order(events), events)
+                    assert frame_of is not None
+                    frame = len(frame_of.data)
+                    rows = []
+                    for accept in (0, SOCKET_BUFFER):
+                        plain = await stalled_pass(setup, stalled, accept, events, traced=False)
+                        traced = await stalled_pass(setup, stalled, accept, events, traced=True)
+                        rows.append((plain, traced))
+                    memory[kind] = rows
+                    print(f"  {kind}: resume memory done", file=sys.stderr)
             # (a) on a log of its own: (b)'s live events are not in it
             async with open_setup(kind, url, f"{name}-a", events) as setup:
                 listener = socket.create_server(("127.0.0.1", 0))
@@ -620,7 +621,8 @@ async def run(
                     await serving
                 print(f"  {kind}: replay cost done", file=sys.stderr)
     report_cost(cost, events)
-    report_memory(memory, frame, events)
+    if memory:
+        report_memory(memory, frame, events)
 
 
 def main() -> None:
@@ -629,7 +631,9 @@ def main() -> None:
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0", metavar="URL")
     parser.add_argument("--events", type=int, default=10_000, help="in the log (default 10,000)")
     parser.add_argument("--concurrent", type=int, default=20, help="resumes at once (default 20)")
-    parser.add_argument("--stalled", type=int, default=60, help="stalled clients (default 60)")
+    parser.add_argument(
+        "--stalled", type=int, default=60, help="stalled clients (default 60; 0: skip (b))"
+    )
     parser.add_argument("--idle", type=float, default=2.0, help="idle window, s (default 2)")
     parser.add_argument(
         "--window", type=float, default=1.0, help="least seconds of resume rounds (default 1)"
