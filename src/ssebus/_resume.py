@@ -19,7 +19,11 @@ Rules:
    ``page`` frames after the cursor, from the partitions its subscription sees, are
    written directly (a slow client slows only its own replay; the write watchdog covers
    it), moving the cursor. A full outbox while held is emptied (history holds those frames:
-   the replay carries on past them).
+   the replay carries on past them). Building a page (decode, render, picking the client's
+   frames) is paced by the broadcaster's one ``Pacer`` (``ssebus._pace``): every replay
+   shares its one slice of work at a time, so it may yield between two frames of a page.
+   Before it yields, the cursor moves to the last frame picked (so a live frame the page
+   already gave is dropped, not held), and after it, ``held_low`` is read again.
 4. The replay ends at ``held_low`` or at the end of the source; with no await in between,
    the connection turns LIVE at position ``max(cursor, newest held tick, newest tick)``
    (whatever lies before it was replayed, held, or not for this client), and is handed a
