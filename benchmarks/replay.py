@@ -42,6 +42,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import math
 import os
@@ -53,7 +54,7 @@ import time
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from typing import Any
 
@@ -545,7 +546,13 @@ def report_memory(
 
 
 async def run(
-    url: str, events: int, concurrent: int, stalled: int, idle: float, least: float
+    url: str,
+    events: int,
+    concurrent: int,
+    stalled: int,
+    idle: float,
+    least: float,
+    dump: str | None = None,
 ) -> None:
     logging.getLogger("ssebus").setLevel(logging.ERROR)  # (b) times out every client
     name = f"ssebus-bench-replay-{secrets.token_hex(4)}"
@@ -621,6 +628,9 @@ async def run(
                     await serving
                 print(f"  {kind}: replay cost done", file=sys.stderr)
     report_cost(cost, events)
+    if dump is not None:
+        raw = {kind: [asdict(row) for row in rows] for kind, rows in cost.items()}
+        await anyio.Path(dump).write_text(json.dumps(raw))
     if memory:
         report_memory(memory, frame, events)
 
@@ -638,6 +648,9 @@ def main() -> None:
     parser.add_argument(
         "--window", type=float, default=1.0, help="least seconds of resume rounds (default 1)"
     )
+    parser.add_argument(
+        "--dump", metavar="FILE", help="write (a)'s raw latencies (seconds) there as JSON"
+    )
     parser.add_argument("--probe", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.probe:
@@ -645,7 +658,17 @@ def main() -> None:
         return
     if args.quick:
         args.events, args.concurrent, args.stalled, args.idle, args.window = 2_000, 5, 15, 1, 0.5
-    uvloop.run(run(args.redis, args.events, args.concurrent, args.stalled, args.idle, args.window))
+    uvloop.run(
+        run(
+            args.redis,
+            args.events,
+            args.concurrent,
+            args.stalled,
+            args.idle,
+            args.window,
+            args.dump,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ class Broadcaster:
       what it no longer holds. A replay goes in pages of ``replay_page`` frames, at most
       ``replay_concurrency`` pages being built at once, and at most ``max_replay`` frames
       (beyond: a ``reset``). Replay work runs below everything else in the loop: all the
-      replays share one slice of about 0.2 ms at a time, with a loop turn for other work
+      replays share one slice of about 0.1 ms at a time, with a loop turn for other work
       after each.
     * ``heartbeat`` is the ping interval in seconds (None: off): ``: ping`` by default,
       ``event: ping`` (no id, so it never moves the client's position) with ``"event"``.

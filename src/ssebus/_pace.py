@@ -34,7 +34,7 @@ import anyio.lowlevel
 __all__ = ["SLICE", "Pacer", "Share", "current", "sharing"]
 
 #: Seconds of replay work between two loop turns left to other work.
-SLICE = 0.0002
+SLICE = 0.0001
 
 
 class Pacer:
