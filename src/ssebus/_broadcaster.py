@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 import anyio
 import anyio.abc
-import anyio.lowlevel
 from typing_extensions import Self
 
 from ._admission import Admission, MaxConnections

@@ -52,7 +52,6 @@ from types import TracebackType
 from typing import Any, ClassVar, Literal, TypeVar, cast
 
 import anyio
-import anyio.lowlevel
 from typing_extensions import Self
 
 try:
