@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import anyio.lowlevel
+import anyio.to_thread
 import pytest
 from clients import GUARD, Client, join, leave, running, wait_until
 from tenants import Noted, noted_events, numbers
@@ -208,3 +209,13 @@ async def test_a_client_leaving_mid_replay_gives_its_turn_to_the_others() -> Non
         await wait_until(lambda: all(received(c) == 300 for c in staying))
         assert all(numbers(c) == list(range(300)) for c in staying)
         await wait_until(lambda: pacer.holder is None)
+
+
+async def test_each_thread_paces_the_replays_of_its_own_event_loop() -> None:
+    # Loop turns are per loop: a server's thread workers (each with a loop of its own)
+    # must not wait on, or wake, another loop's replays.
+    async with pipeline() as (_, broadcaster, _tasks):
+        here = broadcaster._replay.pacer
+        there = await anyio.to_thread.run_sync(lambda: broadcaster._replay.pacer)
+        assert broadcaster._replay.pacer is here
+        assert there is not here

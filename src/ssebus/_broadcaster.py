@@ -28,7 +28,6 @@ from ._history import InMemoryHistory
 from ._mapping import EventMap
 from ._metrics import Metric, Metrics, MetricsHook, MetricsSnapshot
 from ._outbox import OutboxFull
-from ._pace import Pacer
 from ._pace import current as current_share
 from ._position import PositionCodec
 from ._protocols import (
@@ -213,7 +212,7 @@ class Broadcaster:
         self._codec = None
         self._latest = 0
         self._replay.limiter = anyio.CapacityLimiter(self._replay.limiter.total_tokens)
-        self._replay.pacer = Pacer(self._replay.pacer.budget)
+        self._replay.new_run()
         try:
             tasks = await self._stack.enter_async_context(anyio.create_task_group())
             self._stack.callback(tasks.cancel_scope.cancel)

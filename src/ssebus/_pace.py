@@ -4,8 +4,9 @@ Replay work (decoding a Redis entry, rendering it, picking a client's frames) is
 the event loop that also serves the app's other requests, so it runs at a lower priority
 than they do. Rules:
 
-1. One replay at a time does replay work: the *holder* of the broadcaster's
-   :class:`Pacer`. The others wait their turn, first come first served.
+1. One replay at a time does replay work in an event loop: the *holder* of the
+   broadcaster's :class:`Pacer` for that loop (one per thread: a server's thread workers
+   each run a loop of their own). The others wait their turn, first come first served.
 2. The holder works for at most ``budget`` seconds (``time.perf_counter``), checking
    :meth:`Share.due` between two items, and then calls :meth:`Share.turn`, which passes the
    slice to the next replay waiting (or keeps it, if none waits).

@@ -47,6 +47,7 @@ Rules:
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -97,14 +98,27 @@ class Replay:
         self.page = page
         self.max_replay = max_replay
         self.limiter = anyio.CapacityLimiter(concurrency)
-        #: Every replay's work shares one budget per loop turn (``ssebus._pace``).
-        self.pacer = Pacer()
+        self._pacers = threading.local()
         self.metrics = metrics
         self.marker = marker
         self.reset = reset
         self.newest = newest
         self.decode = decode
         self.token = token
+
+    @property
+    def pacer(self) -> Pacer:
+        """What every replay's work shares (``ssebus._pace``): one per thread, since loop
+        turns are per event loop (a server's thread workers each run a loop of their own)."""
+        try:
+            pacer: Pacer = self._pacers.pacer
+        except AttributeError:
+            pacer = self._pacers.pacer = Pacer()
+        return pacer
+
+    def new_run(self) -> None:
+        """A new run of the broadcaster: fresh pacers (an earlier run's loops are gone)."""
+        self._pacers = threading.local()
 
     def begin(self, connection: SseConnection, last_event_id: str | None, prelude: bytes) -> None:
         """Rules 1-3: start a just registered connection LIVE or HELD."""
