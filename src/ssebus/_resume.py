@@ -24,7 +24,8 @@ Rules:
    shares its one slice of work at a time, so it may yield between two frames of a page.
    Before it yields, the cursor moves to the last frame picked (so a live frame the page
    already gave is dropped, not held), and after it, ``held_low`` is read again.
-4. The replay ends at ``held_low`` or at the end of the source; with no await in between,
+4. The replay ends at ``held_low`` or at the end of the source (unless a bus gap came
+   meanwhile: rule 6); with no await in between,
    the connection turns LIVE at position ``max(cursor, newest held tick, newest tick)``
    (whatever lies before it was replayed, held, or not for this client), and is handed a
    token of that position after the held frames if the last frame it got carried another.
@@ -242,6 +243,8 @@ class Handover:
                 if connection.closing:
                     return cursor  # rule 7: what was held is gone, and so is the marker
                 if ended:
+                    if self.pending_reset is not None:
+                        break  # a bus gap while the replay yielded: the reset below
                     # Everything up to the newest tick was replayed, held, or not for us.
                     position = max(cursor, self.held_high, replay.newest())
                     if last_sent != position:
