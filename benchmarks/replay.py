@@ -25,6 +25,12 @@ to last byte. Both are recorded idle (no resume), during 1 resume from the oldes
 and during ``--concurrent`` simultaneous ones, each run until every client has every event
 and repeated in rounds until the window lasts ``--window`` seconds.
 
+(c) With ``--turns``, on (a)'s log after (a): a task that yields at every turn of the loop
+records the loop thread's CPU time between two of its steps (``time.thread_time``, which
+does not count time the process was not running), during 1 and ``--concurrent`` resumes:
+how much work a request that became ready waits behind, in a way other jobs on the machine
+do not blur. ``--dump FILE`` writes (a)'s raw figures as JSON, to pool several runs.
+
 (b) Resume memory. ``--stalled`` clients resume from the oldest position on a broadcaster
 with ``max_queue=16`` and ``write_timeout=2`` while live events are published at 200/s;
 each client's ``send`` accepts its first ``N`` body bytes and then never returns (N = 0,
@@ -33,7 +39,7 @@ the first write hangs, and 64 KiB, about what a socket buffer takes). Resident m
 clients connect until the write watchdog has evicted them all; a second, identical pass
 runs under ``tracemalloc`` for the peak of Python allocations. The bound they are held
 against is ``clients x (max_queue + replay_page) x frame size``: a full outbox and one
-page being written, per client.
+page being written, per client. ``--stalled 0`` skips (b).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import math
 import os
@@ -53,7 +60,7 @@ import time
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from typing import Any
 
@@ -364,6 +371,46 @@ async def replay_cost(
     return rows
 
 
+# -- (c) CPU per loop turn ------------------------------------------------------------------
+
+
+@dataclass
+class TurnRow:
+    """One window of (c): the loop thread's CPU time of every turn while clients resume."""
+
+    clients: int
+    seconds: float
+    turns: list[float] = field(default_factory=list)
+
+
+async def turn_cost(setup: Setup, events: int, concurrent: int) -> list[TurnRow]:
+    """A task that yields every turn records the loop thread's CPU time between two of its
+    steps (``time.thread_time``: time the process was not running is not counted, so the
+    figures hold on a busy machine), during 1 and ``concurrent`` simultaneous resumes."""
+
+    async def spin(row: TurnRow, stop: asyncio.Event) -> None:
+        last = time.thread_time()
+        while not stop.is_set():
+            await asyncio.sleep(0)
+            now = time.thread_time()
+            row.turns.append(now - last)
+            last = now
+
+    rows = []
+    for count in (1, concurrent):
+        row = TurnRow(count, 0.0)
+        stop = asyncio.Event()
+        spinner = asyncio.create_task(spin(row, stop))
+        start = time.monotonic()
+        await resumes(setup, count, events)
+        row.seconds = time.monotonic() - start
+        stop.set()
+        await spinner
+        row.turns.sort()
+        rows.append(row)
+    return rows
+
+
 # -- (b) resume memory ----------------------------------------------------------------------
 
 
@@ -509,6 +556,28 @@ def report_cost(results: dict[str, list[CostRow]], events: int) -> None:
             print("| " + " | ".join(cells) + " |")
 
 
+def report_turns(results: dict[str, list[TurnRow]], events: int) -> None:
+    print(
+        f"\n(c) CPU time of each loop turn while clients resume from the oldest of {events:,}"
+        " events (us)\n"
+    )
+    print("| bus | resumes | s | turns | p50 | p99 | p99.9 | max | turns over 1 ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for kind, rows in results.items():
+        for row in rows:
+            us = [f"{percentile(row.turns, p) * 1e6:.0f}" for p in (50, 99, 99.9)]
+            cells = [
+                BUSES[kind],
+                str(row.clients),
+                f"{row.seconds:.2f}",
+                str(len(row.turns)),
+                *us,
+                f"{row.turns[-1] * 1e6:.0f}",
+                str(sum(t > 0.001 for t in row.turns)),
+            ]
+            print("| " + " | ".join(cells) + " |")
+
+
 def report_memory(
     results: dict[str, list[tuple[MemoryRow, MemoryRow]]], frame: int, events: int
 ) -> None:
@@ -545,7 +614,14 @@ def report_memory(
 
 
 async def run(
-    url: str, events: int, concurrent: int, stalled: int, idle: float, least: float
+    url: str,
+    events: int,
+    concurrent: int,
+    stalled: int,
+    idle: float,
+    least: float,
+    dump: str | None = None,
+    turns: bool = False,
 ) -> None:
     logging.getLogger("ssebus").setLevel(logging.ERROR)  # (b) times out every client
     name = f"ssebus-bench-replay-{secrets.token_hex(4)}"
@@ -553,6 +629,7 @@ async def run(
     ticker = Ticker()
     cost: dict[str, list[CostRow]] = {}
     memory: dict[str, list[tuple[MemoryRow, MemoryRow]]] = {}
+    turn_rows: dict[str, list[TurnRow]] = {}
     frame = 0
     async with redis, AsyncExitStack() as stack:
         info: dict[str, Any] = await redis.info("server")
@@ -575,19 +652,20 @@ async def run(
         stack.callback(tasks.cancel_scope.cancel)
         tasks.start_soon(ticker.run)
         for kind in BUSES:
-            # (b) first, while the heap has not grown for (a), so that RSS can show growth
-            async with open_setup(kind, url, f"{name}-b", events) as setup:
-                print(f"  {kind}: filled in {setup.fill_seconds:.1f} s", file=sys.stderr)
-                frame_of = setup.broadcaster.render(order(events), events)
-                assert frame_of is not None
-                frame = len(frame_of.data)
-                rows = []
-                for accept in (0, SOCKET_BUFFER):
-                    plain = await stalled_pass(setup, stalled, accept, events, traced=False)
-                    traced = await stalled_pass(setup, stalled, accept, events, traced=True)
-                    rows.append((plain, traced))
-                memory[kind] = rows
-                print(f"  {kind}: resume memory done", file=sys.stderr)
+            if stalled:  # --stalled 0: (a) only
+                # (b) first, while the heap has not grown for (a), so that RSS can show growth
+                async with open_setup(kind, url, f"{name}-b", events) as setup:
+                    print(f"  {kind}: filled in {setup.fill_seconds:.1f} s", file=sys.stderr)
+                    frame_of = setup.broadcaster.render(order(events), events)
+                    assert frame_of is not None
+                    frame = len(frame_of.data)
+                    rows = []
+                    for accept in (0, SOCKET_BUFFER):
+                        plain = await stalled_pass(setup, stalled, accept, events, traced=False)
+                        traced = await stalled_pass(setup, stalled, accept, events, traced=True)
+                        rows.append((plain, traced))
+                    memory[kind] = rows
+                    print(f"  {kind}: resume memory done", file=sys.stderr)
             # (a) on a log of its own: (b)'s live events are not in it
             async with open_setup(kind, url, f"{name}-a", events) as setup:
                 listener = socket.create_server(("127.0.0.1", 0))
@@ -619,8 +697,16 @@ async def run(
                     server.should_exit = True
                     await serving
                 print(f"  {kind}: replay cost done", file=sys.stderr)
+                if turns:
+                    turn_rows[kind] = await turn_cost(setup, events, concurrent)
     report_cost(cost, events)
-    report_memory(memory, frame, events)
+    if turn_rows:
+        report_turns(turn_rows, events)
+    if dump is not None:
+        raw = {kind: [asdict(row) for row in rows] for kind, rows in cost.items()}
+        await anyio.Path(dump).write_text(json.dumps(raw))
+    if memory:
+        report_memory(memory, frame, events)
 
 
 def main() -> None:
@@ -629,10 +715,18 @@ def main() -> None:
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0", metavar="URL")
     parser.add_argument("--events", type=int, default=10_000, help="in the log (default 10,000)")
     parser.add_argument("--concurrent", type=int, default=20, help="resumes at once (default 20)")
-    parser.add_argument("--stalled", type=int, default=60, help="stalled clients (default 60)")
+    parser.add_argument(
+        "--stalled", type=int, default=60, help="stalled clients (default 60; 0: skip (b))"
+    )
     parser.add_argument("--idle", type=float, default=2.0, help="idle window, s (default 2)")
     parser.add_argument(
         "--window", type=float, default=1.0, help="least seconds of resume rounds (default 1)"
+    )
+    parser.add_argument(
+        "--dump", metavar="FILE", help="write (a)'s raw latencies (seconds) there as JSON"
+    )
+    parser.add_argument(
+        "--turns", action="store_true", help="also (c): the loop's CPU time per turn"
     )
     parser.add_argument("--probe", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -641,7 +735,18 @@ def main() -> None:
         return
     if args.quick:
         args.events, args.concurrent, args.stalled, args.idle, args.window = 2_000, 5, 15, 1, 0.5
-    uvloop.run(run(args.redis, args.events, args.concurrent, args.stalled, args.idle, args.window))
+    uvloop.run(
+        run(
+            args.redis,
+            args.events,
+            args.concurrent,
+            args.stalled,
+            args.idle,
+            args.window,
+            args.dump,
+            args.turns,
+        )
+    )
 
 
 if __name__ == "__main__":

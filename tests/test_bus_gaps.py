@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from buses import LossyBus
 from clients import GUARD, Client, join, leave, wait_until
@@ -118,3 +119,36 @@ async def test_a_failing_gap_handler_is_logged_in_one_line_and_the_others_still_
     failures = [r for r in caplog.records if "boom" in r.getMessage()]
     assert len(failures) == 1
     assert failures[0].exc_info is None
+
+
+async def test_a_gap_while_the_last_page_of_a_replay_is_built_still_resets_the_client() -> None:
+    # Replay work yields between two frames of a page (ssebus._pace): a gap reported then,
+    # in the page that ends the replay, must not let the client go live past it silently.
+    bus = LossyBus()
+    with anyio.fail_after(GUARD):
+        async with (
+            anyio.create_task_group() as tasks,
+            Broadcaster(
+                bus, noted_events(), heartbeat=None, history=InMemoryHistory(), replay_page=50
+            ) as b,
+        ):
+            pacer = b._replay.pacer
+            pacer.budget = 0.0  # a slice per frame: a yield between every two of them
+            client = await join(tasks, b)
+            await wait_until(lambda: bool(client.writes))
+            await leave(client)
+            for n in range(80):
+                await bus.publish(Noted(n))
+            before = pacer.slices
+            back = await join(tasks, b, last_event_id=client.last_event_id())
+            while pacer.slices - before < 60:  # in the last page: frames 50 to 79
+                await anyio.lowlevel.checkpoint()
+            assert back.connection is not None
+            assert back.connection.catching_up
+            await bus.lose(5)
+            await wait_until(lambda: any(e.type == "reset" for e in back.events()))
+            assert not back.connection.catching_up
+            await bus.publish(Noted(99))
+            await wait_until(lambda: noted(back)[-1:] == [99])
+            assert [e.type for e in back.events()][-2:] == ["reset", "noted"]
+            assert noted(back) == [*range(len(noted(back)) - 1), 99]  # in order, no repeat

@@ -3,6 +3,7 @@ the others, never pin more than their bound, and a stalled one is evicted like a
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Collection, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -10,6 +11,8 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
+import anyio.to_thread
 import pytest
 from clients import GUARD, Client, join, leave, running, wait_until
 from tenants import Noted, noted_events, numbers
@@ -159,3 +162,60 @@ async def test_what_a_resuming_client_holds_stays_within_its_bound() -> None:
             assert len(connection.outbox) <= 16
         assert connection.catching_up
         assert not connection.closed
+
+
+async def test_concurrent_replays_share_one_slice_of_work_between_two_loop_turns() -> None:
+    # Replays work at a lower priority than everything else the loop runs: however many
+    # clients resume at once, a task that yields every turn sees at most one slice of
+    # replay work between two of its turns (counted in slices, never timed).
+    async with pipeline(InMemoryHistory(max_events=10_000)) as (bus, broadcaster, tasks):
+        pacer = broadcaster._replay.pacer
+        pacer.budget = 0.0  # every frame is a slice of its own
+        position = await gone_quiet(tasks, broadcaster)
+        for n in range(300):
+            await bus.publish(Noted(n))
+        seen: list[int] = []
+        ticking = True
+
+        async def ticker() -> None:
+            while ticking:
+                seen.append(pacer.slices)
+                await anyio.lowlevel.checkpoint()
+
+        tasks.start_soon(ticker)
+        before = pacer.slices
+        resuming = [await join(tasks, broadcaster, last_event_id=position) for _ in range(8)]
+        await bus.publish(Noted(-1))  # live, while they catch up: held, then given once
+        await wait_until(lambda: all(received(c) == 301 for c in resuming))
+        ticking = False
+        assert all(numbers(c) == [*range(300), -1] for c in resuming)
+        assert pacer.slices - before >= 8 * 300
+        assert max(b - a for a, b in itertools.pairwise(seen)) == 1
+        assert pacer.holder is None
+
+
+async def test_a_client_leaving_mid_replay_gives_its_turn_to_the_others() -> None:
+    async with pipeline(InMemoryHistory(max_events=10_000)) as (bus, broadcaster, tasks):
+        pacer = broadcaster._replay.pacer
+        pacer.budget = 0.0
+        position = await gone_quiet(tasks, broadcaster)
+        for n in range(300):
+            await bus.publish(Noted(n))
+        resuming = [await join(tasks, broadcaster, last_event_id=position) for _ in range(6)]
+        await wait_until(lambda: pacer.slices > 50)
+        for client in resuming[::2]:  # holding the slice, waiting for it, or not yet asked
+            await leave(client)
+        staying = resuming[1::2]
+        await wait_until(lambda: all(received(c) == 300 for c in staying))
+        assert all(numbers(c) == list(range(300)) for c in staying)
+        await wait_until(lambda: pacer.holder is None)
+
+
+async def test_each_thread_paces_the_replays_of_its_own_event_loop() -> None:
+    # Loop turns are per loop: a server's thread workers (each with a loop of its own)
+    # must not wait on, or wake, another loop's replays.
+    async with pipeline() as (_, broadcaster, _tasks):
+        here = broadcaster._replay.pacer
+        there = await anyio.to_thread.run_sync(lambda: broadcaster._replay.pacer)
+        assert broadcaster._replay.pacer is here
+        assert there is not here

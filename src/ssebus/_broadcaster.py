@@ -14,7 +14,6 @@ from typing import Any, Literal
 
 import anyio
 import anyio.abc
-import anyio.lowlevel
 from typing_extensions import Self
 
 from ._admission import Admission, MaxConnections
@@ -28,6 +27,7 @@ from ._history import InMemoryHistory
 from ._mapping import EventMap
 from ._metrics import Metric, Metrics, MetricsHook, MetricsSnapshot
 from ._outbox import OutboxFull
+from ._pace import current as current_share
 from ._position import PositionCodec
 from ._protocols import (
     EventHistory,
@@ -48,8 +48,6 @@ __all__ = ["Broadcaster"]
 
 logger = logging.getLogger("ssebus")
 
-#: Replayed entries rendered between two turns of the event loop (about 0.2 ms of work).
-RENDER_SLICE = 10
 #: Turns of the event loop a busy stream lets pass between writes with
 #: ``write_delay="auto"``: under a loop saturated by one event per turn, a write carries
 #: about this many frames (the issue's target was at most 0.25 writes per frame).
@@ -79,7 +77,9 @@ class Broadcaster:
       resume (default: the last 1,000 per tenant in memory); a replayable bus is asked for
       what it no longer holds. A replay goes in pages of ``replay_page`` frames, at most
       ``replay_concurrency`` pages being built at once, and at most ``max_replay`` frames
-      (beyond: a ``reset``).
+      (beyond: a ``reset``). Replay work runs below everything else in the loop: all the
+      replays share one slice of about 0.1 ms at a time, with a loop turn for other work
+      after each.
     * ``heartbeat`` is the ping interval in seconds (None: off): ``: ping`` by default,
       ``event: ping`` (no id, so it never moves the client's position) with ``"event"``.
     * ``max_queue`` frames and ``max_queue_bytes`` bytes may wait per connection, written
@@ -223,6 +223,7 @@ class Broadcaster:
         self._codec = None
         self._latest = 0
         self._replay.limiter = anyio.CapacityLimiter(self._replay.limiter.total_tokens)
+        self._replay.new_run()
         try:
             tasks = await self._stack.enter_async_context(anyio.create_task_group())
             self._stack.callback(tasks.cancel_scope.cancel)
@@ -672,15 +673,12 @@ class Broadcaster:
             return None
         if entries is None:
             return None
+        share = current_share()  # replay work shares the broadcaster's budget (``_pace``)
         rendered: list[Frame] = []
-        for start in range(0, len(entries), RENDER_SLICE):
-            if start:
-                # Other requests get a turn between slices of a page, not only between pages.
-                await anyio.lowlevel.checkpoint()
-            rendered.extend(
-                self.render(event, tick) or Frame(None, None, b"", tick=tick)
-                for tick, event in entries[start : start + RENDER_SLICE]
-            )
+        for tick, event in entries:
+            if share.due():
+                await share.turn()
+            rendered.append(self.render(event, tick) or Frame(None, None, b"", tick=tick))
         return rendered
 
     def _partition_of(self, event: object) -> str | None:

@@ -19,8 +19,13 @@ Rules:
    ``page`` frames after the cursor, from the partitions its subscription sees, are
    written directly (a slow client slows only its own replay; the write watchdog covers
    it), moving the cursor. A full outbox while held is emptied (history holds those frames:
-   the replay carries on past them).
-4. The replay ends at ``held_low`` or at the end of the source; with no await in between,
+   the replay carries on past them). Building a page (decode, render, picking the client's
+   frames) is paced by the broadcaster's one ``Pacer`` (``ssebus._pace``): every replay
+   shares its one slice of work at a time, so it may yield between two frames of a page.
+   Before it yields, the cursor moves to the last frame picked (so a live frame the page
+   already gave is dropped, not held), and after it, ``held_low`` is read again.
+4. The replay ends at ``held_low`` or at the end of the source (unless a bus gap came
+   meanwhile: rule 6); with no await in between,
    the connection turns LIVE at position ``max(cursor, newest held tick, newest tick)``
    (whatever lies before it was replayed, held, or not for this client), and is handed a
    token of that position after the held frames if the last frame it got carried another.
@@ -43,6 +48,7 @@ Rules:
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -51,6 +57,7 @@ import anyio
 from ._frame import Frame
 from ._metrics import Metric
 from ._outbox import OutboxFull
+from ._pace import Pacer, sharing
 from ._subscription import Subscription
 
 if TYPE_CHECKING:
@@ -92,12 +99,27 @@ class Replay:
         self.page = page
         self.max_replay = max_replay
         self.limiter = anyio.CapacityLimiter(concurrency)
+        self._pacers = threading.local()
         self.metrics = metrics
         self.marker = marker
         self.reset = reset
         self.newest = newest
         self.decode = decode
         self.token = token
+
+    @property
+    def pacer(self) -> Pacer:
+        """What every replay's work shares (``ssebus._pace``): one per thread, since loop
+        turns are per event loop (a server's thread workers each run a loop of their own)."""
+        try:
+            pacer: Pacer = self._pacers.pacer
+        except AttributeError:
+            pacer = self._pacers.pacer = Pacer()
+        return pacer
+
+    def new_run(self) -> None:
+        """A new run of the broadcaster: fresh pacers (an earlier run's loops are gone)."""
+        self._pacers = threading.local()
 
     def begin(self, connection: SseConnection, last_event_id: str | None, prelude: bytes) -> None:
         """Rules 1-3: start a just registered connection LIVE or HELD."""
@@ -176,46 +198,58 @@ class Handover:
         replayed = 0
         last_sent: int | None = None
         cursor = self.cursor
-        while cursor is not None and self.pending_reset is None and not connection.closing:
-            # Ask for no more than the cap allows, and for one more once it is reached: a
-            # frame beyond the cap is what turns the replay into a reset.
-            limit = max(1, min(replay.page, replay.max_replay - replayed))
-            async with replay.limiter:
-                frames = await replay.source(partitions, cursor, limit)
-                if frames is None:
-                    break
-                stop = self.held_low
-                if replayed >= replay.max_replay and frames:
-                    first = frames[0].tick
-                    if stop is None or (first is not None and first < stop):
-                        return self._reset(connection, replay, "replay-limit")
-                chunk: list[bytes] = []
-                ended = len(frames) < limit
-                for frame in frames:
-                    tick = frame.tick
-                    assert tick is not None
-                    if stop is not None and tick >= stop:
-                        ended = True
+        share = replay.pacer.share()
+        with sharing(share):  # the bus's replay and the render pace themselves by it
+            while cursor is not None and self.pending_reset is None and not connection.closing:
+                # Ask for no more than the cap allows, and for one more once it is reached:
+                # a frame beyond the cap is what turns the replay into a reset.
+                limit = max(1, min(replay.page, replay.max_replay - replayed))
+                async with replay.limiter:
+                    frames = await replay.source(partitions, cursor, limit)
+                    if frames is None:
                         break
-                    cursor = tick
-                    if replay.visible(frame, connection):
-                        chunk.append(frame.in_view(view, replay.token).data)
-                        last_sent = tick
-                replayed += len(frames)
-                del frames  # a stalled write below must not pin the rendered page
-            self.cursor = cursor
-            if chunk and not await connection.send(write, b"".join(chunk), len(chunk)):
-                return cursor
-            replay.metrics.add(Metric.REPLAYED_FRAMES, len(chunk))
-            del chunk
-            if connection.closing:
-                return cursor  # rule 7: what was held is gone, and so is the marker
-            if ended:
-                # Everything up to the newest tick was replayed, held, or not for us.
-                position = max(cursor, self.held_high, replay.newest())
-                if last_sent != position:
-                    connection.outbox.put_control(replay.marker(view, position))
-                return position
+                    stop = self.held_low
+                    if replayed >= replay.max_replay and frames:
+                        first = frames[0].tick
+                        if stop is None or (first is not None and first < stop):
+                            return self._reset(connection, replay, "replay-limit")
+                    chunk: list[bytes] = []
+                    ended = len(frames) < limit
+                    for frame in frames:
+                        tick = frame.tick
+                        assert tick is not None
+                        if share.due():
+                            # Live frames offered meanwhile up to the cursor are dropped
+                            # (the chunk has them, or they are not for us); a later one
+                            # may be held now, and the replay stops there.
+                            self.cursor = cursor
+                            await share.turn()
+                            stop = self.held_low
+                        if stop is not None and tick >= stop:
+                            ended = True
+                            break
+                        cursor = tick
+                        if replay.visible(frame, connection):
+                            chunk.append(frame.in_view(view, replay.token).data)
+                            last_sent = tick
+                    replayed += len(frames)
+                    del frames  # a stalled write below must not pin the rendered page
+                share.release()  # the write may take long: another replay works meanwhile
+                self.cursor = cursor
+                if chunk and not await connection.send(write, b"".join(chunk), len(chunk)):
+                    return cursor
+                replay.metrics.add(Metric.REPLAYED_FRAMES, len(chunk))
+                del chunk
+                if connection.closing:
+                    return cursor  # rule 7: what was held is gone, and so is the marker
+                if ended:
+                    if self.pending_reset is not None:
+                        break  # a bus gap while the replay yielded: the reset below
+                    # Everything up to the newest tick was replayed, held, or not for us.
+                    position = max(cursor, self.held_high, replay.newest())
+                    if last_sent != position:
+                        connection.outbox.put_control(replay.marker(view, position))
+                    return position
         if connection.closing:
             connection.outbox.clear()  # rule 7
             return cursor or 0

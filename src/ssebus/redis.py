@@ -52,7 +52,6 @@ from types import TracebackType
 from typing import Any, ClassVar, Literal, TypeVar, cast
 
 import anyio
-import anyio.lowlevel
 from typing_extensions import Self
 
 try:
@@ -75,13 +74,11 @@ from ._exceptions import (
     SerializationError,
     UnregisteredEventError,
 )
+from ._pace import current as current_share
 
 __all__ = ["RedisEventBus"]
 
 logger = logging.getLogger("ssebus.redis")
-
-#: Replayed entries decoded between two turns of the event loop.
-DECODE_SLICE = 10
 
 E = TypeVar("E")
 Mode = Literal["pubsub", "streams"]
@@ -522,7 +519,9 @@ class RedisEventBus(EventBusBase):
             return None
         keys = [self._keys.counter, *(self._keys.partition(p) for p in dict.fromkeys(partitions))]
         replayed: list[tuple[int, object]] = []
+        share = current_share()  # decoding shares the broadcaster's replay budget
         while True:
+            share.release()  # nobody else's replay waits on our round trip
             wanted = limit - len(replayed)
             try:
                 with anyio.fail_after(self.publish_timeout):
@@ -535,8 +534,8 @@ class RedisEventBus(EventBusBase):
                 return None
             rows = len(reply) // 3
             for row in range(rows):
-                if row and not row % DECODE_SLICE:
-                    await anyio.lowlevel.checkpoint()  # other requests get a turn
+                if share.due():
+                    await share.turn()  # other requests, then other replays, get a turn
                 tick, kind, data = reply[3 * row + 1 : 3 * row + 4]
                 event = self._decode_json(kind, data, tick)
                 if event is not None:
