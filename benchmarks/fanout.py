@@ -681,6 +681,8 @@ def table(results: list[Result], burst: dict[tuple[str, str], Result], stalls: b
         ("longest GC ms", lambda r: f"{r.gc_longest * 1e3:.1f}"),
         ("clients with every event", lambda r: f"{r.complete:,}/{r.fast:,}"),
     ]
+    if not stalls:
+        rows.append(("streams the server dropped", lambda r: f"{len(r.dropped):,}"))
     if stalls:
         rows += [
             ("stalled clients dropped", lambda r: f"{len(r.dropped):,}/{r.stalled:,}"),
