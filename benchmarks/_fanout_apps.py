@@ -320,7 +320,7 @@ class Router:
         self.variant = variant
         self.connected = 0
         self.body_sends = 0
-        self.last_send = 0.0  # time.monotonic() of the latest body send (idle20k)
+        self.last_send = 0.0  # time.monotonic() of the latest body send of an event (idle20k)
         self.gc_log = GcLog()
         self._memory_baseline: tracemalloc.Snapshot | None = None
 
@@ -330,7 +330,8 @@ class Router:
         def counted(message: Message) -> Awaitable[None]:
             if message["type"] == "http.response.body":
                 self.body_sends += 1
-                self.last_send = time.monotonic()
+                if b'"t":' in message.get("body", b""):  # an event's frame, not a ping
+                    self.last_send = time.monotonic()
             return send(message)
 
         return counted
