@@ -622,6 +622,7 @@ async def run(
     least: float,
     dump: str | None = None,
     turns: bool = False,
+    freeze: bool = False,
 ) -> None:
     logging.getLogger("ssebus").setLevel(logging.ERROR)  # (b) times out every client
     name = f"ssebus-bench-replay-{secrets.token_hex(4)}"
@@ -687,10 +688,15 @@ async def run(
                 reading = asyncio.create_task(prober.read())
                 try:
                     await asyncio.sleep(0.5)  # the prober connects
+                    if freeze:  # what README advises an app: nothing alive now is scanned again
+                        gc.collect()
+                        gc.freeze()
                     cost[kind] = await replay_cost(
                         setup, ticker, prober, events, concurrent, idle, least
                     )
                 finally:
+                    if freeze:
+                        gc.unfreeze()
                     process.terminate()
                     await process.wait()
                     await reading
@@ -728,6 +734,11 @@ def main() -> None:
     parser.add_argument(
         "--turns", action="store_true", help="also (c): the loop's CPU time per turn"
     )
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="(a): gc.collect() and gc.freeze() once the log is filled, as README advises",
+    )
     parser.add_argument("--probe", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.probe:
@@ -745,6 +756,7 @@ def main() -> None:
             args.window,
             args.dump,
             args.turns,
+            args.gc_freeze,
         )
     )
 
