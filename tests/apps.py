@@ -16,7 +16,8 @@ Factories:
   ``POST /publish`` ``{"data": str, "event"?: str, "tenant"?: str}`` (broadcast as is,
   answers ``{"id"}``, the position token the frame was given), ``POST /domain``
   ``{"text": str}`` (a domain event published on the bus, mapped to a ``noted`` event;
-  answers its ``{"id"}`` too),
+  answers its ``{"id"}`` too), ``POST /burst`` ``{"count": int}`` (that many events,
+  data ``0``, ``1``, ..., one per turn of the event loop),
   ``POST /kick`` (aborts every stream) and ``GET /metrics``.
 * :func:`worker_app` / :func:`redis_worker_app` - for several worker processes: the endpoint
   at ``/events`` answering with an ``x-worker-pid`` header, ``POST /domain`` as above, and
@@ -27,7 +28,8 @@ Factories:
   a page that misses 3 gets a ``reset``.
 
 ``SSEBUS_TEST_HEARTBEAT`` sets the heartbeat in seconds (``off``: none; default 15);
-``SSEBUS_TEST_WRITE_TIMEOUT`` and ``SSEBUS_TEST_SHUTDOWN_TIMEOUT`` the broadcaster's.
+``SSEBUS_TEST_WRITE_TIMEOUT`` and ``SSEBUS_TEST_SHUTDOWN_TIMEOUT`` the broadcaster's, and
+``SSEBUS_TEST_WRITE_DELAY`` its ``write_delay`` (seconds or ``auto``; default 0).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import anyio
+import anyio.lowlevel
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -103,10 +106,12 @@ def new_broadcaster() -> Broadcaster:
         logger.setLevel(logging.INFO)
     events = EventMap()
     events.add(Noted, "noted", lambda event: {"text": event.text})
+    delay = os.environ.get("SSEBUS_TEST_WRITE_DELAY", "0")
     return Broadcaster(
         InMemoryEventBus(),
         events,
         heartbeat=heartbeat_from_env(),
+        write_delay="auto" if delay == "auto" else float(delay),
         write_timeout=seconds_from_env("write_timeout", 10.0),
         shutdown_timeout=seconds_from_env("shutdown_timeout", 5.0),
     )
@@ -141,6 +146,13 @@ def control_routes(broadcaster: Broadcaster) -> list[Route]:
         )
         return JSONResponse({"id": frame.id})
 
+    async def burst(request: Request) -> Response:
+        count = (await request.json())["count"]
+        for n in range(count):  # one per turn of the loop, as handlers publishing one would
+            broadcaster.broadcast(ServerSentEvent(data=str(n), event="note"))
+            await anyio.lowlevel.checkpoint()
+        return JSONResponse({"published": count})
+
     async def domain(request: Request) -> Response:
         body = await request.json()
         await broadcaster.bus.publish(Noted(body["text"]))
@@ -159,6 +171,7 @@ def control_routes(broadcaster: Broadcaster) -> list[Route]:
 
     return [
         Route("/publish", publish, methods=["POST"]),
+        Route("/burst", burst, methods=["POST"]),
         Route("/domain", domain, methods=["POST"]),
         Route("/kick", kick, methods=["POST"]),
         Route("/metrics", metrics),

@@ -8,8 +8,12 @@ import time
 
 import anyio
 import anyio.lowlevel
+import httpx
 import pytest
+from apps import RETRY_MS
 from clients import join, leave, running, wait_until
+from httpx_sse import aconnect_sse
+from servers import SERVERS, httpx_sse_prelude, serve_app
 
 from ssebus import Broadcaster, ConfigurationError, EventMap, InMemoryEventBus, ServerSentEvent
 from ssebus._broadcaster import AUTO_WRITE_TURNS
@@ -129,3 +133,24 @@ async def test_auto_streams_leaving_while_they_wait_their_turns_disturb_no_other
 async def test_a_write_delay_out_of_range_is_refused_naming_it(value: object) -> None:
     with pytest.raises(ConfigurationError, match="write_delay"):
         Broadcaster(InMemoryEventBus(), EventMap(), write_delay=value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("server_name", SERVERS)
+async def test_auto_over_a_real_server_delivers_every_event_in_order(server_name: str) -> None:
+    env = {"SSEBUS_TEST_WRITE_DELAY": "auto", "SSEBUS_TEST_HEARTBEAT": "off"}
+    with serve_app(server_name, "starlette_app", env=env) as server:
+        async with httpx.AsyncClient(timeout=10) as http:
+            async with (
+                aconnect_sse(http, "GET", f"{server.url}/events") as first,
+                aconnect_sse(http, "GET", f"{server.url}/events") as second,
+            ):
+                streams = [first.aiter_sse(), second.aiter_sse()]
+                with anyio.fail_after(10):
+                    for events in streams:
+                        await httpx_sse_prelude(events, RETRY_MS)
+                    response = await http.post(f"{server.url}/burst", json={"count": 300})
+                    response.raise_for_status()
+                    received = [
+                        [(await events.__anext__()).data for _ in range(300)] for events in streams
+                    ]
+    assert received == [[str(n) for n in range(300)]] * 2
