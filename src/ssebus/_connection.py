@@ -299,7 +299,7 @@ class SseConnection:
         wrote_at = 0.0
         turns = self.write_turns
         clock = turn_clock() if turns else None
-        window = -1  # of the latest write: turns // write_turns
+        window = -1  # the window of the latest write: its turn // turns
         while not self._aborted:
             if remaining is not None and anyio.current_time() >= deadline:
                 return False
