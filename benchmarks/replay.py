@@ -2,7 +2,7 @@
 
 Run ``python benchmarks/replay.py [--quick] [--redis URL]`` (needs ``ssebus[redis]``,
 uvicorn, uvloop and httptools, and a Redis at URL, default ``redis://127.0.0.1:6379/0``);
-``--help`` lists the knobs. The default run takes under a minute, ``--quick`` half that.
+``--help`` lists the knobs. The default run takes about a minute, ``--quick`` 20 s.
 
 Everything measured runs in this process, on one uvloop event loop, for two buses in turn:
 ``InMemoryEventBus`` (with an ``InMemoryHistory`` large enough to hold the whole log) and
@@ -20,16 +20,25 @@ position. (a) and (b) each get a log of their own (two streams in Redis), and ev
 *ticker* task sleeps 1 ms in a loop and records how late it wakes: the longest lateness is
 the longest loop stall. The *other request* is a real HTTP ``GET /ping`` to a trivial
 ASGI route served by uvicorn (httptools) in this process's loop, sent over loopback every
-5 ms by a separate prober process (so its timing is not the loop's); its latency is send
-to last byte. Both are recorded idle (no resume), during 1 resume from the oldest position
-and during ``--concurrent`` simultaneous ones, each run until every client has every event
-and repeated in rounds until the window lasts ``--window`` seconds.
+2 ms by a separate prober process (so its timing is not the loop's). Its latency is taken
+twice: *ping*, from the prober's send to its reading the last byte; and *in server*, from
+that send until the server had written the answer (uvicorn writes within the app's
+``send``; on Linux the monotonic clock is shared by every process), which leaves out the
+prober's own wake-up. The prober runs at the lowest real-time priority (``SCHED_FIFO`` 1,
+where permitted, e.g. as root; ``--plain-prober`` not to): on a 2-core machine the server
+keeps one core busy while clients resume and Redis the other, and a prober at normal
+priority then waits for a core before it reads its answer, which a remote client would
+not. The report names the scheduling it got. Both latencies are recorded idle (no resume),
+during 1 resume from the oldest position and during ``--concurrent`` simultaneous ones,
+each run until every client has every event and repeated in rounds until the window lasts
+``--window`` seconds. ``--dump FILE`` writes (a)'s raw figures as JSON (with every probe's
+send time and each round's span), to pool several runs or see where the slow ones fell.
 
 (c) With ``--turns``, on (a)'s log after (a): a task that yields at every turn of the loop
 records the loop thread's CPU time between two of its steps (``time.thread_time``, which
 does not count time the process was not running), during 1 and ``--concurrent`` resumes:
 how much work a request that became ready waits behind, in a way other jobs on the machine
-do not blur. ``--dump FILE`` writes (a)'s raw figures as JSON, to pool several runs.
+do not blur.
 
 (b) Resume memory. ``--stalled`` clients resume from the oldest position on a broadcaster
 with ``max_queue=16`` and ``write_timeout=2`` while live events are published at 200/s;
@@ -46,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import gc
 import json
@@ -80,7 +90,8 @@ MAX_QUEUE = 16
 WRITE_TIMEOUT = 2.0
 LIVE_RATE = 200.0  # live events/s during (b)
 TICK = 0.001  # the ticker's sleep
-PROBE_INTERVAL = 0.005
+SETTLE = 0.05  # after a block of resumes, before its idle gap is measured
+PROBE_INTERVAL = 0.002
 SOCKET_BUFFER = 64 << 10
 
 
@@ -108,18 +119,30 @@ EVENTS = EventMap({OrderUpdated: ("order", order_payload)})
 # -- the prober process: the "other request", over a real socket ---------------------------
 
 
-def probe(port: int, interval: float) -> None:
-    """Send ``GET /ping`` every ``interval`` seconds on one keep-alive connection and print
-    ``<monotonic start> <seconds to the last byte>`` for each, until killed."""
+def realtime() -> str:
+    """Move this process to ``SCHED_FIFO``, the lowest real-time priority: it then runs as
+    soon as it wakes, so a busy core (the server, Redis) does not delay its reading of an
+    answer. Says which scheduling it got."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+    except (AttributeError, OSError) as exc:  # not Linux, or not permitted
+        return f"normal ({type(exc).__name__}: SCHED_FIFO refused)"
+    return "SCHED_FIFO"
+
+
+def probe(port: int, interval: float, rt: bool) -> None:
+    """Send ``GET /ping?<n>`` every ``interval`` seconds on one keep-alive connection and
+    print ``<n> <monotonic start> <seconds to the last byte>`` for each, until killed."""
+    print(f"scheduling {realtime() if rt else 'normal'}", flush=True)
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    request = b"GET /ping HTTP/1.1\r\nHost: bench\r\n\r\n"
     due = time.monotonic()
     with contextlib.suppress(BrokenPipeError, KeyboardInterrupt):
-        while True:
+        for n in range(10**12):
             delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+            request = f"GET /ping?{n} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
             start = time.monotonic()
             sock.sendall(request)
             answer = b""
@@ -129,11 +152,44 @@ def probe(port: int, interval: float) -> None:
                     return
                 answer += chunk
             end = time.monotonic()
-            print(f"{start:.6f} {end - start:.7f}", flush=True)
+            print(f"{n} {start:.6f} {end - start:.7f}", flush=True)
             due = max(due + interval, end)
 
 
 # -- the measuring process ------------------------------------------------------------------
+
+Spans = Sequence[tuple[float, float]]  # (start, end) on the monotonic clock
+
+
+def within(at: float, spans: Spans) -> bool:
+    """Whether ``at`` falls in one of ``spans`` (sorted by start)."""
+    i = bisect.bisect_right(spans, (at, math.inf)) - 1
+    return i >= 0 and at <= spans[i][1]
+
+
+class Collections:
+    """Every collection of the garbage collector while installed: (ended at, seconds)."""
+
+    def __init__(self) -> None:
+        self.done: list[tuple[float, float]] = []
+        self._began = 0.0
+
+    def __enter__(self) -> Collections:
+        gc.callbacks.append(self._note)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._note)
+
+    def _note(self, phase: str, info: dict[str, int]) -> None:
+        now = time.perf_counter()
+        if phase == "start":
+            self._began = now
+        else:
+            self.done.append((time.monotonic(), now - self._began))
+
+    def during(self, spans: Spans) -> list[float]:
+        return sorted(seconds for at, seconds in self.done if within(at, spans))
 
 
 class Ticker:
@@ -149,27 +205,47 @@ class Ticker:
             now = time.monotonic()
             self.wakes.append((now, now - before - TICK))
 
-    def lateness(self, window: tuple[float, float]) -> list[float]:
-        start, end = window
-        return sorted(late for at, late in self.wakes if start <= at <= end)
+    def lateness(self, spans: Spans) -> list[float]:
+        return sorted(late for at, late in self.wakes if within(at, spans))
 
 
 class Prober:
-    """The prober process and what it reported: (started at, seconds) per request."""
+    """The prober process and what it reported: (started at, seconds) per request; and when
+    the app had handed each its whole answer (``answered``, by the probe's number; on Linux
+    ``CLOCK_MONOTONIC`` is one clock for every process)."""
 
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, answered: dict[int, float]) -> None:
         self.process = process
         self.requests: list[tuple[float, float]] = []
+        self.answered = answered
+        #: seconds from the probe's send until the server had written the answer, by send
+        #: time: the latency without the prober's own wake-up (the client's side)
+        self.served: dict[float, float] = {}
+        self.scheduling = "?"
 
     async def read(self) -> None:
         assert self.process.stdout is not None
+        self.scheduling = (await self.process.stdout.readline()).decode().split(maxsplit=1)[1]
         async for line in self.process.stdout:
-            start, seconds = line.split()
+            n, start, seconds = line.split()
             self.requests.append((float(start), float(seconds)))
+            at = self.answered.pop(int(n), None)
+            if at is not None:
+                self.served[float(start)] = at - float(start)
 
-    def latencies(self, window: tuple[float, float]) -> list[float]:
-        start, end = window
-        return sorted(seconds for at, seconds in self.requests if start <= at <= end)
+    def latencies(self, spans: Spans) -> list[float]:
+        return sorted(seconds for _, seconds, _ in self.during(spans))
+
+    def during(self, spans: Spans) -> list[tuple[float, float, float]]:
+        """(sent at, seconds to the last byte, seconds until it was answered) per probe."""
+        return [
+            (at, seconds, self.served.get(at, math.nan))
+            for at, seconds in self.requests
+            if within(at, spans)
+        ]
+
+    def in_server(self, spans: Spans) -> list[float]:
+        return sorted(wait for at, wait in self.served.items() if within(at, spans))
 
 
 class Client:
@@ -234,17 +310,23 @@ class Setup:
     publish: Callable[[object], Awaitable[None]]
     oldest: str  # the Last-Event-ID of the oldest position
     app: Callable[[Scope, Receive, Send], Awaitable[None]]
+    answered: dict[int, float]  # when the app had written probe n's answer
     fill_seconds: float = 0.0
 
 
-def make_app(endpoint: SseEndpoint) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    """``/ping`` answers ``pong`` (the other request); everything else is the SSE endpoint."""
+def make_app(
+    endpoint: SseEndpoint, answered: dict[int, float]
+) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """``/ping?<n>`` answers ``pong`` (the other request) and notes in ``answered`` when
+    the server had written it (uvicorn writes to the socket within ``send``); everything
+    else is the SSE endpoint."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == "/ping":
             headers = [(b"content-type", b"text/plain"), (b"content-length", b"4")]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": b"pong"})
+            answered[int(scope["query_string"] or 0)] = time.monotonic()
             return
         await endpoint(scope, receive, send)
 
@@ -291,9 +373,9 @@ async def open_setup(kind: str, url: str, name: str, events: int) -> AsyncIterat
             )
         while broadcaster.position < events:  # noqa: ASYNC110 - the listener has no event
             await asyncio.sleep(0.01)
-        setup = Setup(
-            kind, broadcaster, publisher.publish, oldest, make_app(SseEndpoint(broadcaster))
-        )
+        answered: dict[int, float] = {}
+        app = make_app(SseEndpoint(broadcaster), answered)
+        setup = Setup(kind, broadcaster, publisher.publish, oldest, app, answered)
         setup.fill_seconds = time.monotonic() - started
         yield setup
 
@@ -312,7 +394,14 @@ class CostRow:
     resets: int = 0
     resume: list[float] = field(default_factory=list)  # seconds per client to every event
     lateness: list[float] = field(default_factory=list)
+    collections: list[float] = field(default_factory=list)  # seconds each
     probes: list[float] = field(default_factory=list)
+    #: (sent at, seconds, seconds until the app began) of every probe, and (first started,
+    #: last finished) of every round, on the monotonic clock: where the slow probes fall.
+    timeline: list[tuple[float, float, float]] = field(default_factory=list)
+    #: seconds from each probe's send until the server had written its answer
+    served: list[float] = field(default_factory=list)
+    rounds: list[tuple[float, float]] = field(default_factory=list)
 
 
 async def resumes(setup: Setup, count: int, events: int) -> list[Client]:
@@ -331,43 +420,74 @@ async def resumes(setup: Setup, count: int, events: int) -> list[Client]:
 async def replay_cost(
     setup: Setup,
     ticker: Ticker,
+    collections: Collections,
     prober: Prober,
     events: int,
     concurrent: int,
-    idle: float,
+    block: float,
     least: float,
 ) -> list[CostRow]:
-    """The idle window, then rounds of 1 and of ``concurrent`` simultaneous resumes, each
-    round starting when the last one's clients all have every event, repeated until the
-    window lasts ``least`` seconds (so that it holds enough probes)."""
-    rows = []
-    start = time.monotonic()
-    await asyncio.sleep(idle)
-    window = (start, time.monotonic())
-    rows.append(
-        CostRow("idle", 0, idle, lateness=ticker.lateness(window), probes=prober.latencies(window))
-    )
-    for count in (1, concurrent):
-        await asyncio.sleep(0.5)
+    """Rounds of 1, then of ``concurrent``, simultaneous resumes, each round starting when
+    the last one's clients all have every event, until they add up to ``least`` seconds (so
+    that they hold enough probes). The rounds run in blocks of at least ``block`` seconds,
+    and each block is followed by an idle gap as long as it: the idle row pools the gaps,
+    so it was measured in the same moments of the machine's other load as the resumes."""
+    idle: list[tuple[float, float]] = []
+
+    async def rest(seconds: float) -> None:
+        await asyncio.sleep(SETTLE)  # the last round's requests end
         start = time.monotonic()
+        await asyncio.sleep(seconds)
+        idle.append((start, time.monotonic()))
+
+    rows = []
+    for count in (1, concurrent):
         clients: list[Client] = []
-        rounds = 0
-        while not rounds or time.monotonic() - start < least:
-            clients += await resumes(setup, count, events)
-            rounds += 1
-        window = (start, max(c.finished or c.ended or start for c in clients))
+        spans: list[tuple[float, float]] = []
+        total = 0.0
+        while total < least:
+            started = len(spans)
+            begun = time.monotonic()
+            while len(spans) == started or time.monotonic() - begun < block:
+                batch = await resumes(setup, count, events)
+                span = (
+                    min(c.started for c in batch),
+                    max(c.finished or c.ended or c.started for c in batch),
+                )
+                spans.append(span)
+                total += span[1] - span[0]
+                clients += batch
+            await rest(time.monotonic() - begun)
         rows.append(
             CostRow(
-                f"{count} resume{'s' if count > 1 else ''} x {rounds}",
+                f"{count} resume{'s' if count > 1 else ''} x {len(spans)}",
                 count,
-                window[1] - window[0],
+                total,
                 frames=[c.frames for c in clients],
                 resets=sum(c.resets for c in clients),
                 resume=sorted((c.finished or math.nan) - c.started for c in clients),
-                lateness=ticker.lateness(window),
-                probes=prober.latencies(window),
+                lateness=ticker.lateness(spans),
+                collections=collections.during(spans),
+                probes=prober.latencies(spans),
+                timeline=prober.during(spans),
+                served=prober.in_server(spans),
+                rounds=spans,
             )
         )
+    rows.insert(
+        0,
+        CostRow(
+            f"idle, {len(idle)} gaps",
+            0,
+            sum(end - start for start, end in idle),
+            lateness=ticker.lateness(idle),
+            collections=collections.during(idle),
+            probes=prober.latencies(idle),
+            timeline=prober.during(idle),
+            served=prober.in_server(idle),
+            rounds=idle,
+        ),
+    )
     return rows
 
 
@@ -521,13 +641,20 @@ def mib(size: float) -> str:
     return f"{size / (1 << 20):.2f}"
 
 
-def report_cost(results: dict[str, list[CostRow]], events: int) -> None:
-    print(f"\n(a) Replay cost: resuming from the oldest of {events:,} events (times in ms)\n")
+def report_cost(results: dict[str, list[CostRow]], events: int, scheduling: str) -> None:
+    print(
+        f"\n(a) Replay cost: resuming from the oldest of {events:,} events (times in ms; the"
+        f" prober's scheduling: {scheduling}; *in server*: from the ping's send until the"
+        " server had written the answer)\n"
+    )
     print(
         "| bus | window | s | frames per client | resets | resume p50 / max | loop stall max |"
-        " p99 | stalls > 10 ms | ping p50 | p99 | max | p50 / idle | p99 / idle |"
+        " p99 | stalls > 10 ms | pings | ping p50 | p99 | max | p50 / idle | p99 / idle |"
+        " in server p99 | / idle | longest GC |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
     for kind, rows in results.items():
         idle = rows[0]
         for row in rows:
@@ -547,11 +674,15 @@ def report_cost(results: dict[str, list[CostRow]], events: int) -> None:
                 ms(row.lateness[-1]),
                 ms(percentile(row.lateness, 99)),
                 str(sum(late > 0.010 for late in row.lateness)),
+                str(len(row.probes)),
                 ms(percentile(row.probes, 50)),
                 ms(percentile(row.probes, 99)),
                 ms(row.probes[-1] if row.probes else math.nan),
                 f"{percentile(row.probes, 50) / percentile(idle.probes, 50):.2f}x",
                 f"{percentile(row.probes, 99) / percentile(idle.probes, 99):.2f}x",
+                ms(percentile(row.served, 99)),
+                f"{percentile(row.served, 99) / percentile(idle.served, 99):.2f}x",
+                ms(row.collections[-1]) if row.collections else "",
             ]
             print("| " + " | ".join(cells) + " |")
 
@@ -618,21 +749,25 @@ async def run(
     events: int,
     concurrent: int,
     stalled: int,
-    idle: float,
+    block: float,
     least: float,
     dump: str | None = None,
     turns: bool = False,
     freeze: bool = False,
+    plain_prober: bool = False,
 ) -> None:
     logging.getLogger("ssebus").setLevel(logging.ERROR)  # (b) times out every client
     name = f"ssebus-bench-replay-{secrets.token_hex(4)}"
     redis: coredis.Redis[str] = coredis.Redis.from_url(url, decode_responses=True)
     ticker = Ticker()
+    collections = Collections()
     cost: dict[str, list[CostRow]] = {}
     memory: dict[str, list[tuple[MemoryRow, MemoryRow]]] = {}
     turn_rows: dict[str, list[TurnRow]] = {}
     frame = 0
+    scheduling = "?"
     async with redis, AsyncExitStack() as stack:
+        stack.enter_context(collections)
         info: dict[str, Any] = await redis.info("server")
         print(
             f"Python {platform.python_version()}, Redis {info['redis_version']}, coredis"
@@ -682,9 +817,10 @@ async def run(
                     __file__,
                     "--probe",
                     str(listener.getsockname()[1]),
+                    *(["--plain-prober"] if plain_prober else []),
                     stdout=asyncio.subprocess.PIPE,
                 )
-                prober = Prober(process)
+                prober = Prober(process, setup.answered)
                 reading = asyncio.create_task(prober.read())
                 try:
                     await asyncio.sleep(0.5)  # the prober connects
@@ -692,7 +828,7 @@ async def run(
                         gc.collect()
                         gc.freeze()
                     cost[kind] = await replay_cost(
-                        setup, ticker, prober, events, concurrent, idle, least
+                        setup, ticker, collections, prober, events, concurrent, block, least
                     )
                 finally:
                     if freeze:
@@ -702,10 +838,11 @@ async def run(
                     await reading
                     server.should_exit = True
                     await serving
+                scheduling = prober.scheduling
                 print(f"  {kind}: replay cost done", file=sys.stderr)
                 if turns:
                     turn_rows[kind] = await turn_cost(setup, events, concurrent)
-    report_cost(cost, events)
+    report_cost(cost, events, scheduling)
     if turn_rows:
         report_turns(turn_rows, events)
     if dump is not None:
@@ -724,9 +861,14 @@ def main() -> None:
     parser.add_argument(
         "--stalled", type=int, default=60, help="stalled clients (default 60; 0: skip (b))"
     )
-    parser.add_argument("--idle", type=float, default=2.0, help="idle window, s (default 2)")
     parser.add_argument(
-        "--window", type=float, default=1.0, help="least seconds of resume rounds (default 1)"
+        "--block",
+        type=float,
+        default=0.3,
+        help="least seconds of resumes between two idle gaps (default 0.3)",
+    )
+    parser.add_argument(
+        "--window", type=float, default=3.0, help="least seconds of resume rounds (default 3)"
     )
     parser.add_argument(
         "--dump", metavar="FILE", help="write (a)'s raw latencies (seconds) there as JSON"
@@ -739,24 +881,31 @@ def main() -> None:
         action="store_true",
         help="(a): gc.collect() and gc.freeze() once the log is filled, as README advises",
     )
+    parser.add_argument(
+        "--plain-prober",
+        action="store_true",
+        help="leave the prober at normal priority (default: SCHED_FIFO where permitted)",
+    )
     parser.add_argument("--probe", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.probe:
-        probe(args.probe, PROBE_INTERVAL)
+        probe(args.probe, PROBE_INTERVAL, rt=not args.plain_prober)
         return
-    if args.quick:
-        args.events, args.concurrent, args.stalled, args.idle, args.window = 2_000, 5, 15, 1, 0.5
+    if args.quick:  # other defaults; what the command line says still holds
+        parser.set_defaults(events=2_000, concurrent=5, stalled=15, window=1.0)
+        args = parser.parse_args()
     uvloop.run(
         run(
             args.redis,
             args.events,
             args.concurrent,
             args.stalled,
-            args.idle,
+            args.block,
             args.window,
             args.dump,
             args.turns,
             args.gc_freeze,
+            args.plain_prober,
         )
     )
 

@@ -31,6 +31,15 @@ from typing import Any
 
 from ._seam import soon_from_anywhere
 
+try:
+    # signal.getsignal converts each answer to an enum, through a raised ValueError for a
+    # handler that is a function: 5-10 us a signal, at every new stream.
+    import _signal  # type: ignore[import-not-found, unused-ignore]
+
+    _getsignal: Callable[[int], object] = _signal.getsignal
+except ImportError:  # pragma: no cover - an interpreter without CPython's _signal
+    _getsignal = signal.getsignal
+
 __all__ = ["SignalChain"]
 
 logger = logging.getLogger("ssebus")
@@ -57,7 +66,7 @@ class SignalChain:
         if threading.current_thread() is not threading.main_thread():
             return
         for signum in SIGNALS:
-            current = signal.getsignal(signum)
+            current = _getsignal(signum)
             if current is self._handler:
                 continue
             if current in (signal.SIG_IGN, None):
