@@ -9,7 +9,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ._subscription import Subscription
 
-__all__ = ["Frame"]
+__all__ = ["NO_TOPICS", "Frame"]
+
+#: The topics of a frame with none: one set for all of them (a set is gc-tracked, and a
+#: frame may stay in history a long time).
+NO_TOPICS: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +31,7 @@ class Frame:
     event: str | None
     data: bytes
     tenant: str | None = None
-    topics: frozenset[str] = frozenset()
+    topics: frozenset[str] = NO_TOPICS
     allow: Callable[[Subscription], bool] | None = None
     tick: int | None = None
     #: The bytes as another view sees them (see :meth:`in_view`), made on first use.

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._event import _check_line
 from ._exceptions import ConfigurationError, InvalidEventError
+from ._frame import NO_TOPICS
 
 if TYPE_CHECKING:
     from ._subscription import Subscription
@@ -55,13 +56,15 @@ class Route:
             tenant = tenant(event)
             if tenant is not None and not isinstance(tenant, str):
                 raise InvalidEventError("tenant", tenant, "must be a str or None")
-        if isinstance(self.topics, tuple):
+        if not self.topics:
+            topics = NO_TOPICS
+        elif isinstance(self.topics, tuple):
             topics = frozenset(_fill("topics", template, payload) for template in self.topics)
         else:
             produced = self.topics(event)
             if isinstance(produced, str):
                 raise InvalidEventError("topics", produced, "must be a collection of str")
-            topics = frozenset(produced)
+            topics = frozenset(produced) or NO_TOPICS
             for topic in topics:
                 if not isinstance(topic, str):
                     raise InvalidEventError("topics", topic, "each topic must be a str")

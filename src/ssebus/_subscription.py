@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from ._exceptions import ConfigurationError, InvalidArgumentError
+from ._frame import NO_TOPICS
 
 if TYPE_CHECKING:
     from ._frame import Frame
@@ -91,7 +92,7 @@ def topic_set(
     if isinstance(topics, str):
         raise error(name, topics, "must be a collection of str, not one str")
     try:
-        result = frozenset(topics)
+        result = frozenset(topics) or NO_TOPICS
     except TypeError:
         raise error(name, topics, "must be a collection of str") from None
     for topic in result:
