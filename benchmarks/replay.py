@@ -2,7 +2,7 @@
 
 Run ``python benchmarks/replay.py [--quick] [--redis URL]`` (needs ``ssebus[redis]``,
 uvicorn, uvloop and httptools, and a Redis at URL, default ``redis://127.0.0.1:6379/0``);
-``--help`` lists the knobs. The default run takes about a minute, ``--quick`` 20 s.
+``--help`` lists the knobs. The default run takes one to two minutes, ``--quick`` about 35 s.
 
 Everything measured runs in this process, on one uvloop event loop, for two buses in turn:
 ``InMemoryEventBus`` (with an ``InMemoryHistory`` large enough to hold the whole log) and
@@ -28,11 +28,15 @@ prober's own wake-up. The prober runs at the lowest real-time priority (``SCHED_
 where permitted, e.g. as root; ``--plain-prober`` not to): on a 2-core machine the server
 keeps one core busy while clients resume and Redis the other, and a prober at normal
 priority then waits for a core before it reads its answer, which a remote client would
-not. The report names the scheduling it got. Both latencies are recorded idle (no resume),
-during 1 resume from the oldest position and during ``--concurrent`` simultaneous ones,
-each run until every client has every event and repeated in rounds until the window lasts
-``--window`` seconds. ``--dump FILE`` writes (a)'s raw figures as JSON (with every probe's
-send time and each round's span), to pool several runs or see where the slow ones fell.
+not. The report names the scheduling it got. Both latencies are recorded during rounds of
+1 resume from the oldest position, then of ``--concurrent`` simultaneous ones, each round
+run until every client has every event, until the rounds add up to ``--window`` seconds.
+The rounds run in blocks of at least ``--block`` seconds, each followed by an idle gap as
+long as the block: the idle row pools the gaps, so the baseline comes from the same minutes
+of the machine's other load as the resumes. The longest garbage collection in each window
+is reported too (``gc.callbacks``). ``--dump FILE`` writes (a)'s raw figures as JSON (with
+every probe's send time and each round's span), to pool several runs or see where the slow
+ones fell.
 
 (c) With ``--turns``, on (a)'s log after (a): a task that yields at every turn of the loop
 records the loop thread's CPU time between two of its steps (``time.thread_time``, which
