@@ -136,7 +136,8 @@ def realtime() -> str:
 
 def probe(port: int, interval: float, rt: bool) -> None:
     """Send ``GET /ping?<n>`` every ``interval`` seconds on one keep-alive connection and
-    print ``<n> <monotonic start> <seconds to the last byte>`` for each, until killed."""
+    print ``scheduling <which>``, then ``<n> <monotonic start> <seconds to the last byte>``
+    for each, until killed (``rt``: at real-time priority, where permitted)."""
     print(f"scheduling {realtime() if rt else 'normal'}", flush=True)
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -229,7 +230,8 @@ class Prober:
 
     async def read(self) -> None:
         assert self.process.stdout is not None
-        self.scheduling = (await self.process.stdout.readline()).decode().split(maxsplit=1)[1]
+        first = (await self.process.stdout.readline()).decode()  # "scheduling <which>"
+        self.scheduling = first.partition(" ")[2].strip() or "?"
         async for line in self.process.stdout:
             n, start, seconds = line.split()
             self.requests.append((float(start), float(seconds)))
