@@ -72,6 +72,7 @@ import socket
 import sys
 import time
 import tracemalloc
+from array import array
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict, dataclass, field
@@ -198,20 +199,26 @@ class Collections:
 
 
 class Ticker:
-    """Sleeps ``TICK`` in a loop; records (woke at, seconds late) for every wake-up."""
+    """Sleeps ``TICK`` in a loop; records when it woke and how late, for every wake-up (in
+    arrays: a tuple per wake-up would be an object for the collector, and the collections
+    its growth set off would land in the windows measured)."""
 
     def __init__(self) -> None:
-        self.wakes: list[tuple[float, float]] = []
+        self.woke = array("d")
+        self.late = array("d")
 
     async def run(self) -> None:
         while True:
             before = time.monotonic()
             await asyncio.sleep(TICK)
             now = time.monotonic()
-            self.wakes.append((now, now - before - TICK))
+            self.woke.append(now)
+            self.late.append(now - before - TICK)
 
     def lateness(self, spans: Spans) -> list[float]:
-        return sorted(late for at, late in self.wakes if within(at, spans))
+        return sorted(
+            late for at, late in zip(self.woke, self.late, strict=True) if within(at, spans)
+        )
 
 
 class Prober:
@@ -221,7 +228,8 @@ class Prober:
 
     def __init__(self, process: asyncio.subprocess.Process, answered: dict[int, float]) -> None:
         self.process = process
-        self.requests: list[tuple[float, float]] = []
+        self.sent = array("d")  # per request, as the ticker's figures
+        self.took = array("d")
         self.answered = answered
         #: seconds from the probe's send until the server had written the answer, by send
         #: time: the latency without the prober's own wake-up (the client's side)
@@ -234,7 +242,8 @@ class Prober:
         self.scheduling = first.partition(" ")[2].strip() or "?"
         async for line in self.process.stdout:
             n, start, seconds = line.split()
-            self.requests.append((float(start), float(seconds)))
+            self.sent.append(float(start))
+            self.took.append(float(seconds))
             at = self.answered.pop(int(n), None)
             if at is not None:
                 self.served[float(start)] = at - float(start)
@@ -246,7 +255,7 @@ class Prober:
         """(sent at, seconds to the last byte, seconds until it was answered) per probe."""
         return [
             (at, seconds, self.served.get(at, math.nan))
-            for at, seconds in self.requests
+            for at, seconds in zip(self.sent, self.took, strict=True)
             if within(at, spans)
         ]
 
