@@ -455,7 +455,7 @@ async def replay_cost(
         await asyncio.sleep(seconds)
         idle.append((start, time.monotonic()))
 
-    measured: list[tuple[int, list[tuple[float, float]], list[Client], float]] = []
+    measured: list[tuple[int, list[tuple[float, float]], list[Client]]] = []
     for count in (1, concurrent):
         clients: list[Client] = []
         spans: list[tuple[float, float]] = []
@@ -473,38 +473,29 @@ async def replay_cost(
                 total += span[1] - span[0]
                 clients += batch
             await rest(time.monotonic() - begun)
-        measured.append((count, spans, clients, total))
+        measured.append((count, spans, clients))
+
+    def window(label: str, count: int, spans: Spans, clients: Sequence[Client]) -> CostRow:
+        return CostRow(
+            label,
+            count,
+            sum(end - start for start, end in spans),
+            frames=[c.frames for c in clients],
+            resets=sum(c.resets for c in clients),
+            resume=sorted((c.finished or math.nan) - c.started for c in clients),
+            lateness=ticker.lateness(spans),
+            collections=collections.during(spans),
+            probes=prober.latencies(spans),
+            timeline=prober.during(spans),
+            served=prober.in_server(spans),
+            rounds=list(spans),
+        )
+
     # Only now, with nothing left to measure: sorting the figures takes the loop a while.
-    rows = [
-        CostRow(
-            f"idle, {len(idle)} gaps",
-            0,
-            sum(end - start for start, end in idle),
-            lateness=ticker.lateness(idle),
-            collections=collections.during(idle),
-            probes=prober.latencies(idle),
-            timeline=prober.during(idle),
-            served=prober.in_server(idle),
-            rounds=idle,
-        )
-    ]
-    for count, spans, clients, total in measured:
-        rows.append(
-            CostRow(
-                f"{count} resume{'s' if count > 1 else ''} x {len(spans)}",
-                count,
-                total,
-                frames=[c.frames for c in clients],
-                resets=sum(c.resets for c in clients),
-                resume=sorted((c.finished or math.nan) - c.started for c in clients),
-                lateness=ticker.lateness(spans),
-                collections=collections.during(spans),
-                probes=prober.latencies(spans),
-                timeline=prober.during(spans),
-                served=prober.in_server(spans),
-                rounds=spans,
-            )
-        )
+    rows = [window(f"idle, {len(idle)} gaps", 0, idle, [])]
+    for count, spans, clients in measured:
+        label = f"{count} resume{'s' if count > 1 else ''} x {len(spans)}"
+        rows.append(window(label, count, spans, clients))
     return rows
 
 
